@@ -1,0 +1,324 @@
+"""Call styles and the per-item loop: the hot path of every sweep.
+
+The loop works on plain Python lists built once per partition (never pandas rows),
+catches each item's exception (with retries), and gathers results into Arrow
+columns once at the end.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+MAX_ERROR_CHARS = 2000
+RESERVED = ("item", "status", "error", "attempts", "duration_s")
+
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def item_seeds(seed: int, items: np.ndarray) -> np.ndarray:
+    """Per-item seeds from ``(seed, item)`` with splitmix64: deterministic, well mixed, vectorised.
+
+    Returned as non-negative int64 (63 bits) so they fit every RNG and Parquet.
+    """
+    with np.errstate(over="ignore"):
+        z = (np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15)) ^ items.astype(
+            np.uint64
+        )
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z & np.uint64(0x7FFFFFFFFFFFFFFF)).astype(np.int64)
+
+
+def seed_kind(fn: Callable[..., Any]) -> str | None:
+    """'seed' or 'rng' if the function accepts that keyword, else None."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return None
+    for name in ("seed", "rng"):
+        p = params.get(name)
+        if p is not None and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+            return name
+    return None
+
+
+def format_exception(e: BaseException) -> str:
+    """``Type: message (at file:line in func)`` — the user's frame, not ours."""
+    msg = f"{type(e).__name__}: {e}"
+    tb = traceback.extract_tb(e.__traceback__)
+    user = [f for f in tb if os.path.basename(f.filename) != "calls.py"]
+    if user:
+        f = user[-1]
+        msg += f" (at {os.path.basename(f.filename)}:{f.lineno} in {f.name})"
+    return msg[:MAX_ERROR_CHARS]
+
+
+class ItemError(Exception):
+    """An item failed in a way that is not a Python exception (e.g. a command's exit code)."""
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True)
+class Command:
+    """Run an external program per item: argv template, params as JSON on stdin."""
+
+    argv: tuple[str, ...]
+    timeout: float | None = None
+
+    def __call__(self, **params: Any) -> Any:
+        try:
+            argv = [a.format_map(params) for a in self.argv]
+        except (KeyError, IndexError, ValueError) as e:
+            raise ItemError(
+                f"command template {list(self.argv)!r} names an unknown field {e}"
+            ) from None
+        try:
+            proc = subprocess.run(
+                argv,
+                input=json.dumps(params, default=_json_default).encode(),
+                capture_output=True,
+                timeout=self.timeout,
+                check=False,
+            )
+        except FileNotFoundError:
+            raise ItemError(
+                f"command not found: {argv[0]!r} (give a path or put it on PATH)"
+            ) from None
+        except PermissionError:
+            raise ItemError(f"command not executable: {argv[0]!r} (chmod +x it)") from None
+        except subprocess.TimeoutExpired:
+            raise ItemError(f"command timed out after {self.timeout}s") from None
+        if proc.returncode != 0:
+            tail = proc.stderr.decode(errors="replace").strip()[-800:]
+            raise ItemError(f"command exited with code {proc.returncode}: {tail}")
+        out = proc.stdout.decode(errors="replace")
+        for line in reversed(out.strip().splitlines()):
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    return json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+        try:
+            return json.loads(out)
+        except json.JSONDecodeError:
+            raise ItemError(
+                f"command printed no JSON object on stdout (last line: {out.strip()[-200:]!r})"
+            ) from None
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    return str(o)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class ItemResults:
+    values: list[Any]
+    errors: dict[int, str] = field(default_factory=dict)
+    attempts: dict[int, int] = field(default_factory=dict)  # only where != 1
+    durations: list[float] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+
+def _pylist(col: pa.ChunkedArray | pa.Array) -> list[Any]:
+    t = col.type
+    if (
+        pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t)
+    ) and col.null_count == 0:
+        return col.to_numpy().tolist()
+    return col.to_pylist()
+
+
+def run_items(
+    fn: Callable[..., Any],
+    call: str,
+    params: pa.Table,
+    items: np.ndarray,
+    seed: int,
+    retries: int,
+    deadline: float | None = None,
+) -> ItemResults:
+    """Call ``fn`` on every row of ``params`` (or until ``deadline``, a perf_counter value).
+
+    ``call`` is ``row`` (``fn(list_of_values)``), ``kwargs`` (``fn(**row)``) or ``command``
+    (``fn`` is a :class:`Command`, called with the row plus ``item`` and ``seed``).
+    """
+    names = params.column_names
+    cols = [_pylist(params.column(i)) for i in range(params.num_columns)]
+    n = params.num_rows
+    kind = "seed" if call == "command" else seed_kind(fn)
+    seeds = item_seeds(seed, items).tolist() if kind else None
+    item_list = items.tolist()
+
+    values: list[Any] = []
+    durations: list[float] = []
+    errors: dict[int, str] = {}
+    attempts: dict[int, int] = {}
+    append, dappend = values.append, durations.append
+    clock = time.perf_counter
+    rows = zip(*cols, strict=True) if cols else iter([()] * n)
+
+    for k, vals in enumerate(rows):
+        if call == "row":
+            args: tuple[Any, ...] = (list(vals),)
+            kw: dict[str, Any] = {}
+        else:
+            args, kw = (), dict(zip(names, vals, strict=True))
+            if call == "command":
+                kw["item"] = item_list[k]
+        if kind == "seed":
+            kw["seed"] = seeds[k]  # type: ignore[index]
+        elif kind == "rng":
+            kw["rng"] = np.random.default_rng(seeds[k])  # type: ignore[index]
+        t0 = clock()
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                r = fn(*args, **kw)
+                break
+            except Exception as e:
+                if tries > retries:
+                    r = None
+                    errors[k] = format_exception(e)
+                    break
+        dappend(clock() - t0)
+        append(r)
+        if tries != 1:
+            attempts[k] = tries
+        if deadline is not None and clock() >= deadline:
+            break
+    return ItemResults(values, errors, attempts, durations)
+
+
+# --------------------------------------------------------------------------- results → Arrow
+
+
+def result_columns(
+    res: ItemResults,
+    reserved: Sequence[str],
+    schema: pa.Schema | None,
+) -> dict[str, pa.Array]:
+    """Turn gathered values into Arrow columns; values Arrow cannot hold become item errors.
+
+    ``schema`` (the result schema fixed by the sweep's first partition) makes every
+    partition's columns agree so the dataset reads as one table.
+    """
+    values, errors = res.values, res.errors
+    ok = [k for k in range(len(values)) if k not in errors]
+    dict_mode = (
+        any(isinstance(values[k], dict) for k in ok)
+        if schema is None
+        else schema.names != ["result"]
+    )
+    if not dict_mode:
+        typ = schema.field("result").type if schema is not None else None
+        col = _to_array(
+            [None if k in errors else values[k] for k in range(len(values))], typ, errors, "result"
+        )
+        return {"result": col}
+
+    keys: list[str] = list(schema.names) if schema is not None else []
+    for k in ok:
+        v = values[k]
+        if not isinstance(v, dict):
+            errors[k] = (
+                f"result is {type(v).__name__}, but other items returned a dict; return one shape"
+            )
+            continue
+        bad = [key for key in v if not isinstance(key, str) or key in reserved]
+        if bad:
+            errors[k] = f"result key(s) {bad!r} clash with parameter or output columns; rename them"
+            continue
+        if schema is None:
+            for key in v:
+                if key not in keys:
+                    keys.append(key)
+        else:
+            extra = [key for key in v if key not in keys]
+            if extra:
+                errors[k] = (
+                    f"result key(s) {extra!r} were not returned by the sweep's first items (known: {keys})"
+                )
+    out: dict[str, pa.Array] = {}
+    for key in keys:
+        typ = schema.field(key).type if schema is not None else None
+        column = [None if k in errors else values[k].get(key) for k in range(len(values))]
+        out[key] = _to_array(column, typ, errors, key)
+    if len(errors) and out:
+        # a later column may have turned items into errors: null them in every column
+        mask = pa.array([k in errors for k in range(len(values))])
+        out = {key: pc.if_else(mask, pa.scalar(None, arr.type), arr) for key, arr in out.items()}
+    return out
+
+
+def _to_array(
+    column: list[Any], typ: pa.DataType | None, errors: dict[int, str], name: str
+) -> pa.Array:
+    try:
+        arr = pa.array(column, type=typ, from_pandas=True)
+        return _normalise(arr) if typ is None else arr
+    except (
+        pa.ArrowInvalid,
+        pa.ArrowTypeError,
+        pa.ArrowNotImplementedError,
+        OverflowError,
+        TypeError,
+        ValueError,
+    ):
+        pass
+    # slow path: find the offending items, one by one
+    for k, v in enumerate(column):
+        if v is None:
+            continue
+        try:
+            pa.array([v], type=typ, from_pandas=True)
+        except Exception:
+            want = f" as {typ}" if typ is not None else ""
+            errors[k] = (
+                f"result {name!r} of type {type(v).__name__} cannot be stored{want}"
+                " (return numbers, strings, bools, lists of them, or a dict of those)"
+            )
+            column[k] = None
+    try:
+        arr = pa.array(column, type=typ, from_pandas=True)
+    except Exception as e:
+        for k, v in enumerate(column):
+            if v is not None:
+                errors[k] = f"result {name!r}: items returned mixed types ({e})"
+        arr = pa.nulls(len(column), typ or pa.null())
+    return _normalise(arr) if typ is None else arr
+
+
+def _normalise(arr: pa.Array) -> pa.Array:
+    """Fix widths so partitions agree: all ints int64, all floats float64."""
+    t = arr.type
+    if pa.types.is_integer(t) and t != pa.int64():
+        return arr.cast(pa.int64())
+    if pa.types.is_floating(t) and t != pa.float64():
+        return arr.cast(pa.float64())
+    return arr

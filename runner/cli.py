@@ -1,0 +1,451 @@
+"""The ``sweep`` command: a thin face over spec → plan → execute → store → results.
+
+Exit codes: 0 success, 1 finished but the failure budget was exceeded, 2 bad input or
+config, 3 infrastructure error, 128+N interrupted by signal N (130 Ctrl-C, 143 SIGTERM).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from .exceptions import SpecError, SweepError
+
+app = typer.Typer(
+    name="sweep",
+    help="Run one function over many parameter sets on Dask; resumable, Parquet out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+SpecArg = Annotated[Path, typer.Argument(help="The sweep spec (YAML).", show_default=False)]
+
+
+def _fail(e: SweepError) -> typer.Exit:
+    err.print(
+        f"[bold red]error:[/] {e}", markup=True, highlight=False
+    ) if err.is_terminal else print(f"error: {e}", file=sys.stderr)
+    return typer.Exit(e.exit_code)
+
+
+def _load(spec_path: Path, **overrides: Any) -> Any:
+    from .spec import load_spec
+
+    return load_spec(spec_path, **overrides)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """Rich bar on a terminal; a plain line every few seconds elsewhere (pod logs, CI)."""
+
+    def __init__(self, name: str, quiet: bool = False) -> None:
+        from . import config
+
+        self.name = name
+        self.quiet = quiet
+        self.tty = err.is_terminal
+        self.interval = float(config.get("progress.interval"))
+        self.bar: Any = None
+        self.task: Any = None
+        self.total = 0
+        self.base = 0
+        self.done = 0
+        self.failures = 0
+        self.t0 = time.monotonic()
+        self.last_line = 0.0
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        if event == "cluster":
+            link = info.get("dashboard")
+            self._say(
+                f"{self.name}: Dask cluster ({info.get('provider')}) ready"
+                + (f", dashboard {link}" if link else "")
+            )
+        elif event == "probe":
+            self._say(
+                f"{self.name}: probing the function on up to {info['items']} items to size partitions"
+            )
+        elif event == "start":
+            self.total, self.base, self.done = info["items"], info["items_done"], info["items_done"]
+            self.failures = info["failures"]
+            self.t0 = time.monotonic()
+            self._say(
+                f"{self.name}: {info['items']:,} items in {info['partitions']:,} partitions;"
+                f" {info['todo']:,} to run, {info['partitions'] - info['todo']:,} already done"
+            )
+            if self.tty and info["todo"]:
+                from rich.progress import (
+                    BarColumn,
+                    MofNCompleteColumn,
+                    TextColumn,
+                    TimeElapsedColumn,
+                    TimeRemainingColumn,
+                )
+                from rich.progress import Progress as RichProgress
+
+                self.bar = RichProgress(
+                    TextColumn("[bold]{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]} items/s"),
+                    TextColumn("[red]{task.fields[failures]} failed"),
+                    TimeElapsedColumn(),
+                    TextColumn("ETA"),
+                    TimeRemainingColumn(),
+                    console=err,
+                    transient=True,
+                )
+                self.bar.start()
+                self.task = self.bar.add_task(
+                    self.name,
+                    total=self.total,
+                    completed=self.done,
+                    rate="-",
+                    failures=self.failures,
+                )
+        elif event == "partition":
+            self.done, self.failures = info["items_done"], info["failures"]
+            rate = (self.done - self.base) / max(1e-9, time.monotonic() - self.t0)
+            if self.bar is not None:
+                self.bar.update(
+                    self.task, completed=self.done, rate=f"{rate:,.0f}", failures=self.failures
+                )
+            elif time.monotonic() - self.last_line >= self.interval or self.done == self.total:
+                self.last_line = time.monotonic()
+                left = (self.total - self.done) / rate if rate > 0 else float("nan")
+                pct = 100.0 * self.done / max(1, self.total)
+                self._say(
+                    f"{self.name}: {self.done:,}/{self.total:,} items ({pct:.1f}%), {rate:,.0f} items/s,"
+                    f" {self.failures:,} failed, ETA {_fmt_s(left)}"
+                )
+        elif event == "end":
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def _say(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _fmt_s(s: float) -> str:
+    if s != s or s == float("inf"):
+        return "?"
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _print_summary(report: dict[str, Any]) -> None:
+    status = report["status"]
+    colour = {"succeeded": "green", "failed": "red"}.get(status, "yellow")
+    out.print(f"[bold {colour}]{report['name']}: {status}[/]")
+    out.print(
+        f"  items      {report['items']:,}  ok {report['ok']:,}  failed {report['errors']:,}"
+        f" (allowed {report['allowed_failures']:,})"
+    )
+    out.print(
+        f"  partitions {report['partitions_done']:,}/{report['partitions']:,} written,"
+        f" {report['partitions_run']:,} this run ({report['items_run']:,} items)"
+    )
+    out.print(
+        f"  time       {report['wall_s']:.1f}s wall, {report['worker_s']:.1f} worker-s,"
+        f" {report['items_per_s']:,.0f} items/s"
+    )
+    out.print(f"  output     {report['output']}")
+    out.print(f"  next       sweep results {report['output']}")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@app.command()
+def run(
+    spec_path: SpecArg,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Override the spec's output URL.")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Use a running Dask scheduler at this address.")
+    ] = None,
+    cluster: Annotated[
+        str | None, typer.Option(help="local | address | kubernetes (overrides cluster.kind).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Workers for the local cluster (default: one per core).")
+    ] = None,
+    partition_size: Annotated[
+        str | None, typer.Option(help="Items per partition, or 'auto'.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a different sweep found at the output.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON summary line on stdout.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Run a sweep (or resume it: only partitions missing from the output are computed)."""
+    from .execute import run_sweep
+
+    overrides: dict[str, Any] = {"output": output, "cluster.workers": workers}
+    if scheduler:
+        overrides["cluster.kind"] = "address"
+        overrides["cluster.address"] = scheduler
+    if cluster:
+        overrides["cluster.kind"] = cluster
+    if partition_size is not None:
+        overrides["partition_size"] = (
+            int(partition_size) if partition_size.isdigit() else partition_size
+        )
+    try:
+        spec = _load(spec_path, **overrides)
+    except SweepError as e:
+        raise _fail(e) from e
+    progress = Progress(spec.name, quiet=quiet)
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    report: dict[str, Any] | None = None
+    code = 0
+    try:
+        report = run_sweep(spec, overwrite=overwrite, progress=progress).to_dict()
+    except SweepError as e:
+        progress.close()
+        report = getattr(e, "report", None)
+        report = report.to_dict() if report is not None else None
+        code = e.exit_code
+        if code == 130 and received:
+            code = 128 + received[0]
+        if report is None or code != 1:
+            _fail(e)
+    except KeyboardInterrupt:
+        progress.close()
+        code = 128 + (received[0] if received else signal.SIGINT)
+        print(
+            "interrupted: finished partitions are kept; run the same command to resume",
+            file=sys.stderr,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if report is not None:
+        if as_json:
+            print(json.dumps(report), flush=True)
+        else:
+            _print_summary(report)
+            if code == 1:
+                print(
+                    f"error: {report['errors']} items failed, max_failures allows {report['allowed_failures']};"
+                    f" see: sweep results {report['output']}",
+                    file=sys.stderr,
+                )
+    raise typer.Exit(code)
+
+
+@app.command()
+def validate(spec_path: SpecArg) -> None:
+    """Check a spec: fields, the function's import, and the parameter source."""
+    from .sources import make_source
+    from .spec import resolve_function
+
+    try:
+        spec = _load(spec_path)
+        resolve_function(spec)
+        source = make_source(spec.params, spec.seed, spec.storage_options)
+        n = source.count()
+    except SweepError as e:
+        raise _fail(e) from e
+    out.print(
+        f"{spec_path}: ok — {spec.name}: {n:,} items from {source.describe()}, call {spec.call}, output {spec.output}"
+    )
+
+
+@app.command()
+def plan(
+    spec_path: SpecArg,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Override the spec's output URL.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the partitions: how many, their items, which are done, where params come from."""
+    from .execute import check_output
+    from .plan import Layout, todo
+    from .sources import make_source
+    from .spec import resolve_function
+    from .store import Store
+
+    try:
+        spec = _load(spec_path, output=output)
+        resolve_function(spec)
+        source = make_source(spec.params, spec.seed, spec.storage_options)
+        n = source.count()
+        store = Store(spec.output, spec.storage_options)
+        manifest = check_output(store, spec, overwrite=False)
+    except SweepError as e:
+        raise _fail(e) from e
+    layout = Layout.from_dict(manifest["layout"]) if manifest and manifest.get("layout") else None
+    info: dict[str, Any] = {
+        "name": spec.name,
+        "items": n,
+        "source": source.describe(),
+        "output": spec.output,
+        "spec_hash": spec.spec_hash(),
+        "partition_size": spec.partition_size,
+    }
+    if layout is None:
+        info["layout"] = None
+        info["note"] = (
+            "partition 0 is a short probe run first; it fixes the result schema and sizes the rest"
+            + ("" if isinstance(spec.partition_size, int) else " (partition_size: auto)")
+        )
+        if isinstance(spec.partition_size, int):
+            info["partitions_at_most"] = -(-n // spec.partition_size) + 1
+    else:
+        missing = todo(layout, store.list_partitions())
+        info["layout"] = layout.to_dict()
+        info["todo"] = [[d.index, d.start, d.stop] for d in missing[:1000]]
+        info["todo_count"] = len(missing)
+    if as_json:
+        print(json.dumps(info))
+        return
+    out.print(f"{spec.name}: {n:,} items from {info['source']}")
+    out.print(f"  output {spec.output} (spec hash {info['spec_hash']})")
+    if layout is None:
+        out.print(f"  not started: {info['note']}")
+    else:
+        out.print(
+            f"  {layout.partitions:,} partitions (first {layout.head:,} items, then {layout.size:,} each);"
+            f" {info['todo_count']:,} to run"
+        )
+        for idx, start, stop in info["todo"][:10]:
+            out.print(f"    part-{idx:05d}: items {start:,}..{stop - 1:,}")
+        if info["todo_count"] > 10:
+            out.print(f"    … {info['todo_count'] - 10:,} more")
+
+
+@app.command()
+def results(
+    url: Annotated[str, typer.Argument(help="The sweep's output URL.", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    csv: Annotated[
+        Path | None, typer.Option(help="Export the results table to this CSV file.")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Plot the result column(s) to this PNG file.")
+    ] = None,
+    where: Annotated[
+        str | None, typer.Option(help="Filter rows for --csv/--plot, e.g. 'result > 2'.")
+    ] = None,
+    storage_option: Annotated[
+        list[str] | None, typer.Option("--storage-option", "-s", help="key=value for fsspec.")
+    ] = None,
+) -> None:
+    """Summarise a sweep's output (also mid-sweep), export CSV, plot the results."""
+    from .results import load_results, plot_results, summarise
+
+    opts = {}
+    for kv in storage_option or []:
+        k, sep, v = kv.partition("=")
+        if not sep:
+            raise _fail(SpecError(f"--storage-option {kv!r}: use key=value"))
+        opts[k] = v
+    try:
+        summary = summarise(url, opts)
+        df = None
+        if csv or plot:
+            df = load_results(url, opts)
+            if where:
+                try:
+                    df = df.query(where)
+                except Exception as e:
+                    raise SpecError(f"--where {where!r}: {type(e).__name__}: {e}") from e
+        if csv and df is not None:
+            try:
+                df.to_csv(csv, index=False)
+            except OSError as e:
+                raise SpecError(f"--csv {csv}: cannot write ({e.strerror})") from e
+        if plot and df is not None:
+            plot_results(df, str(plot), title=summary.get("name"))
+    except SweepError as e:
+        raise _fail(e) from e
+    if as_json:
+        print(json.dumps(summary, default=str))
+    else:
+        _print_results(summary)
+        if csv:
+            out.print(f"  wrote {csv} ({len(df):,} rows)")
+        if plot:
+            out.print(f"  wrote {plot}")
+
+
+def _print_results(s: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    out.print(f"[bold]{s['name'] or s['output']}[/]: {s['state']}")
+    total = f"{s['items']:,}" if s["items"] is not None else "?"
+    pct = f" ({s['percent_done']}%)" if s["percent_done"] is not None else ""
+    out.print(
+        f"  items      {s['items_done']:,}/{total} done{pct}, ok {s['ok']:,}, failed {s['errors']:,}"
+    )
+    parts = f"{s['partitions']:,}" if s["partitions"] else "?"
+    out.print(f"  partitions {s['partitions_done']:,}/{parts}")
+    if not s["complete"] and s["state"] not in ("succeeded",):
+        out.print(
+            "  [yellow]incomplete[/]: rerun the same `sweep run` to finish (resume computes only what is missing)"
+        )
+    for e in s["top_errors"]:
+        out.print(f"  [red]{e['count']:,}×[/] {e['error'][:200]}")
+    if s["describe"]:
+        t = Table(show_edge=False, pad_edge=False)
+        stats = ["count", "mean", "std", "min", "25%", "50%", "75%", "max"]
+        t.add_column("result")
+        for st in stats:
+            t.add_column(st, justify="right")
+        for col, d in s["describe"].items():
+            t.add_row(
+                col, *[f"{d.get(st):.6g}" if isinstance(d.get(st), float) else "-" for st in stats]
+            )
+        out.print(t)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    if os.environ.get("SWEEP_DEBUG"):
+        app()
+        return
+    try:
+        app()
+    except SweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except Exception as e:  # an unexpected failure is infrastructure, never "budget exceeded"
+        print(
+            f"error: internal error {type(e).__name__}: {e} (rerun with SWEEP_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The provider interface: a context manager that yields a ``distributed.Client``."""
+
+from __future__ import annotations
+
+import abc
+from types import TracebackType
+from typing import Any
+
+
+class ClusterProvider(abc.ABC):
+    """Gives the engine a Dask client and, optionally, scales with the work left.
+
+    Subclasses implement :meth:`start` and :meth:`stop`; :meth:`on_remaining` lets a
+    provider that can scale (Kubernetes) follow the sweep. A provider must clean up
+    everything it started in :meth:`stop`, whatever the outcome.
+    """
+
+    name = "cluster"
+    client: Any = None
+
+    @abc.abstractmethod
+    def start(self) -> Any:
+        """Start or connect; return a ``distributed.Client``."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Release everything :meth:`start` created."""
+
+    def workers_hint(self) -> int:
+        """How many workers the sweep can count on (used to size partitions)."""
+        info = self.client.scheduler_info(n_workers=-1) if self.client is not None else {}
+        return max(1, len(info.get("workers", {})))
+
+    def on_remaining(self, remaining_partitions: int) -> None:  # noqa: B027 - optional hook
+        """Called as partitions finish; scaling providers resize here."""
+
+    @property
+    def dashboard_link(self) -> str | None:
+        try:
+            return self.client.dashboard_link if self.client is not None else None
+        except Exception:
+            return None
+
+    def __enter__(self) -> Any:
+        try:
+            self.client = self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self.client
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class ClientProvider(ClusterProvider):
+    """An existing client handed in by the caller: used as is, never closed."""
+
+    name = "client"
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def start(self) -> Any:
+        return self.client
+
+    def stop(self) -> None:
+        pass

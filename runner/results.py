@@ -1,0 +1,183 @@
+"""Read what a sweep's output holds — finished, failed, interrupted or still running."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from .calls import RESERVED
+from .exceptions import SourceError
+from .store import Store
+
+STATUS_COLUMNS = ("status", "error", "attempts", "duration_s")
+
+
+def _open(
+    url: str, storage_options: dict[str, Any] | None
+) -> tuple[Store, dict[str, Any] | None, dict[int, str]]:
+    store = Store(url, storage_options)
+    try:
+        manifest = store.read_manifest()
+        parts = store.list_partitions()
+    except Exception as e:
+        raise SourceError(f"{url}: cannot read the sweep output: {type(e).__name__}: {e}") from e
+    if manifest is None and not parts:
+        raise SourceError(
+            f"{url}: no sweep output here (no _manifest.json, no part-*.parquet); check the URL"
+        )
+    return store, manifest, parts
+
+
+def load_table(
+    url: str, storage_options: dict[str, Any] | None = None, columns: list[str] | None = None
+) -> pa.Table:
+    """All finished partitions as one Arrow table, ordered by ``item``."""
+    import pyarrow.dataset as ds
+
+    store, _, parts = _open(url, storage_options)
+    if not parts:
+        return pa.table({"item": pa.array([], pa.int64())})
+    paths = [parts[i] for i in sorted(parts)]
+    # partitions agree on schema by construction; unify anyway so older or
+    # all-failed partitions (null-typed result columns) never block reading
+    first = ds.dataset(paths[:1], format="parquet", filesystem=store.fs).schema
+    dataset = ds.dataset(paths, format="parquet", filesystem=store.fs)
+    try:
+        schemas = [first] + [f.physical_schema for f in dataset.get_fragments()][1:]
+        schema = pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        schema = first
+    dataset = ds.dataset(
+        paths, format="parquet", filesystem=store.fs, schema=schema.remove_metadata()
+    )
+    table = dataset.to_table(columns=columns)
+    if "item" in table.column_names:
+        table = table.sort_by("item")
+    return table
+
+
+def load_results(
+    url: str, storage_options: dict[str, Any] | None = None, columns: list[str] | None = None
+) -> Any:
+    """Load a sweep's results as a pandas DataFrame (one row per finished item, by ``item``).
+
+    Parameters
+    ----------
+    url
+        The sweep's output (any fsspec URL).
+    storage_options
+        Passed to fsspec (``endpoint_url``, ``anon``, ...).
+    columns
+        Read only these columns.
+    """
+    return load_table(url, storage_options, columns).to_pandas()
+
+
+def result_columns(table_schema: pa.Schema, manifest: dict[str, Any] | None) -> list[str]:
+    """Names of the function's result columns."""
+    if manifest and manifest.get("result_columns"):
+        return [c for c in manifest["result_columns"] if c in table_schema.names]
+    names = table_schema.names
+    if "item" in names:
+        after = names[names.index("item") + 1 :]
+        return [c for c in after if c not in STATUS_COLUMNS]
+    return [c for c in names if c not in RESERVED]
+
+
+def summarise(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Counts, completeness, the commonest errors and ``describe()`` of the result columns."""
+    import pyarrow.compute as pc
+
+    store, manifest, parts = _open(url, storage_options)
+    counts = store.partition_counts()
+    ok = sum(c.ok for c in counts)
+    errors = sum(c.errors for c in counts)
+    items_done = ok + errors
+    planned_items = (manifest or {}).get("items")
+    layout = (manifest or {}).get("layout") or {}
+    planned_parts = layout.get("partitions")
+    success = store.has_success()
+    state = "succeeded" if success else (manifest or {}).get("status", "unknown")
+    if state == "running" and planned_parts and len(counts) == planned_parts:
+        state = "finalising"
+    out: dict[str, Any] = {
+        "output": url,
+        "name": (manifest or {}).get("name"),
+        "state": state,
+        "complete": success,
+        "items": planned_items,
+        "items_done": items_done,
+        "ok": ok,
+        "errors": errors,
+        "partitions": planned_parts,
+        "partitions_done": len(counts),
+        "percent_done": round(100.0 * items_done / planned_items, 2) if planned_items else None,
+        "wall_s": (manifest or {}).get("wall_s"),
+        "worker_s": (manifest or {}).get("worker_s"),
+        "top_errors": [],
+        "describe": {},
+    }
+    if not parts:
+        return out
+    table = load_table(url, storage_options)
+    if errors:
+        err = table.filter(pc.equal(table["status"], "error"))["error"]
+        vc = pc.value_counts(err).to_pylist()
+        vc.sort(key=lambda d: -d["counts"])
+        out["top_errors"] = [{"error": d["values"], "count": d["counts"]} for d in vc[:5]]
+    cols = result_columns(table.schema, manifest)
+    if cols:
+        df = table.select(cols).to_pandas()
+        num = df.select_dtypes("number")
+        if not num.empty:
+            out["describe"] = {
+                c: {k: _num(v) for k, v in s.items()} for c, s in num.describe().to_dict().items()
+            }
+    return out
+
+
+def _num(v: Any) -> Any:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return v
+    return None if f != f else f
+
+
+def plot_results(
+    df: Any, path: str, columns: list[str] | None = None, title: str | None = None
+) -> list[str]:
+    """Plot each numeric result column against ``item`` and as a histogram; write a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if columns is None:
+        names = list(df.columns)
+        start = names.index("item") + 1 if "item" in names else 0
+        columns = [c for c in names[start:] if c not in STATUS_COLUMNS]
+    columns = [
+        c
+        for c in columns
+        if c in df and str(df[c].dtype) not in ("object", "str", "string") and df[c].dtype != bool
+    ]
+    if not columns:
+        raise SourceError("no numeric result column to plot")
+    ok = df[df["status"] == "ok"] if "status" in df else df
+    fig, axes = plt.subplots(len(columns), 2, figsize=(11, 3.2 * len(columns)), squeeze=False)
+    for row, col in zip(axes, columns, strict=True):
+        x = ok["item"] if "item" in ok else range(len(ok))
+        row[0].plot(x, ok[col], lw=0.6 if len(ok) > 2000 else 1.0)
+        row[0].set_xlabel("item")
+        row[0].set_ylabel(col)
+        row[1].hist(ok[col].dropna(), bins=min(60, max(5, len(ok) // 20)))
+        row[1].set_xlabel(col)
+        row[1].set_ylabel("count")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return columns

@@ -1,0 +1,505 @@
+"""The sweep spec: parse, validate, hash.
+
+A :class:`SweepSpec` is frozen once built. YAML files and Python keyword arguments
+produce the same object; every validation problem becomes one :class:`SpecError`
+line naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import json
+import marshal
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .exceptions import SpecError
+
+RESERVED_COLUMNS = ("item", "status", "error", "attempts", "duration_s")
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+URL_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)?[^\s]+$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- params
+
+
+class Linspace(_Model):
+    """A numeric axis: ``num`` evenly spaced values from ``start`` to ``stop`` inclusive."""
+
+    start: float
+    stop: float
+    num: PositiveInt
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check_log(self) -> Linspace:
+        if self.log and (self.start <= 0 or self.stop <= 0):
+            raise ValueError("log spacing needs start and stop > 0")
+        return self
+
+
+GridAxis = Annotated[list[Any], Field(min_length=1)] | Linspace
+
+
+class RandomColumn(_Model):
+    """One random column: exactly one distribution."""
+
+    uniform: tuple[float, float] | None = None
+    normal: tuple[float, Annotated[float, Field(gt=0)]] | None = None
+    loguniform: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = None
+    integers: tuple[int, int] | None = None
+    choice: Annotated[list[Any], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RandomColumn:
+        given = [k for k in type(self).model_fields if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one distribution of uniform, normal, loguniform, integers, choice"
+                f" (got {', '.join(given) or 'none'})"
+            )
+        for key in ("uniform", "loguniform", "integers"):
+            bounds = getattr(self, key)
+            if bounds is not None and not bounds[0] < bounds[1]:
+                raise ValueError(f"{key} needs [low, high] with low < high")
+        return self
+
+
+class RandomSource(_Model):
+    n: PositiveInt
+    seed: int | None = None
+    columns: Annotated[dict[str, RandomColumn], Field(min_length=1)]
+
+
+class QMCSource(_Model):
+    """Latin hypercube or Sobol design over a box (``scipy.stats.qmc``)."""
+
+    n: PositiveInt
+    seed: int | None = None
+    bounds: Annotated[dict[str, tuple[float, float]], Field(min_length=1)]
+    scramble: bool = True
+
+    @field_validator("bounds")
+    @classmethod
+    def _check_bounds(cls, v: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for name, (lo, hi) in v.items():
+            if not lo < hi:
+                raise ValueError(f"bounds of {name!r} need [low, high] with low < high")
+        return v
+
+
+class DatasetSource(_Model):
+    """Parameters read from a Parquet/CSV/JSONL file or a prefix of such files."""
+
+    url: str
+    format: Literal["parquet", "csv", "jsonl"] | None = None
+    columns: list[str] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        return _check_url_text(v)
+
+
+class ParamsSpec(_Model):
+    """Exactly one parameter source."""
+
+    dataset: DatasetSource | None = None
+    grid: Annotated[dict[str, GridAxis], Field(min_length=1)] | None = None
+    random: RandomSource | None = None
+    lhs: QMCSource | None = None
+    sobol: QMCSource | None = None
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset_str(cls, v: Any) -> Any:
+        return {"url": v} if isinstance(v, str | os.PathLike) else v
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ParamsSpec:
+        given = [k for k in type(self).model_fields if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one parameter source of dataset, grid, random, lhs, sobol"
+                f" (got {', '.join(given) or 'none'})"
+            )
+        names = self.column_names()
+        if names is not None:
+            clash = sorted(set(names) & set(RESERVED_COLUMNS))
+            if clash:
+                raise ValueError(
+                    f"parameter column(s) {', '.join(clash)} clash with output columns"
+                    f" {', '.join(RESERVED_COLUMNS)}: rename them"
+                )
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in type(self).model_fields if getattr(self, k) is not None)
+
+    def column_names(self) -> list[str] | None:
+        """Parameter column names when known without reading data (None for datasets)."""
+        if self.grid is not None:
+            return list(self.grid)
+        if self.random is not None:
+            return list(self.random.columns)
+        for qmc in (self.lhs, self.sobol):
+            if qmc is not None:
+                return list(qmc.bounds)
+        return self.dataset.columns if self.dataset is not None else None
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+class KubernetesSpec(_Model):
+    """Where and how to run the Dask cluster on Kubernetes (``cluster.kind: kubernetes``)."""
+
+    namespace: str | None = None
+    image: str | None = None
+    worker_template: str | dict[str, Any] | None = None
+    scheduler_template: str | dict[str, Any] | None = None
+    min_workers: NonNegativeInt = 0
+    max_workers: PositiveInt = 10
+    partitions_per_worker: PositiveInt = 2
+    worker_threads: PositiveInt = 1
+    env_from_secret: str | None = None
+    service_account: str | None = None
+    startup_timeout: Annotated[float, Field(gt=0)] = 300.0
+
+    @model_validator(mode="after")
+    def _check_range(self) -> KubernetesSpec:
+        if self.min_workers > self.max_workers:
+            raise ValueError("min_workers must not exceed max_workers")
+        return self
+
+
+class ClusterSpec(_Model):
+    """Which Dask cluster runs the sweep: ``local`` (default), ``address``, ``kubernetes``."""
+
+    kind: Literal["local", "address", "kubernetes"] = "local"
+    address: str | None = None
+    workers: PositiveInt | None = None
+    threads_per_worker: PositiveInt = 1
+    kubernetes: KubernetesSpec = KubernetesSpec()
+
+    @model_validator(mode="after")
+    def _check(self) -> ClusterSpec:
+        if self.kind == "address" and not self.address:
+            raise ValueError("kind 'address' needs an address, e.g. tcp://scheduler:8786")
+        return self
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+class SweepSpec(_Model):
+    """A validated, frozen sweep.
+
+    Parameters mirror the YAML keys; see the README for each field.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    name: str = "sweep"
+    function: str | list[str] | Callable[..., Any]
+    call: Literal["row", "kwargs", "command"] = "kwargs"
+    params: ParamsSpec
+    partition_size: Literal["auto"] | PositiveInt = "auto"
+    output: str
+    retries: NonNegativeInt = 0
+    max_failures: NonNegativeInt | Annotated[float, Field(ge=0, lt=1)] = 0
+    seed: int = 0
+    timeout: Annotated[float, Field(gt=0)] | None = None
+    storage_options: dict[str, Any] = {}
+    cluster: ClusterSpec = ClusterSpec()
+    base_dir: str | None = Field(default=None, exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        if len(v) > 40 or not NAME_RE.match(v):
+            raise ValueError(
+                "use lowercase letters, digits and '-', at most 40 characters"
+                " (it names Kubernetes objects)"
+            )
+        return v
+
+    @field_validator("output")
+    @classmethod
+    def _check_output(cls, v: str) -> str:
+        return _check_url_text(v).rstrip("/") or "/"
+
+    @field_validator("max_failures", mode="before")
+    @classmethod
+    def _budget(cls, v: Any) -> Any:
+        if isinstance(v, float) and v >= 1 and v.is_integer():
+            return int(v)
+        return v
+
+    @field_validator("function")
+    @classmethod
+    def _check_function(cls, v: Any) -> Any:
+        if isinstance(v, str) and ":" not in v:
+            raise ValueError(
+                "use 'package.module:function' or 'path/to/file.py:function'"
+                " (or a list of argv strings with call: command)"
+            )
+        if isinstance(v, list) and not v:
+            raise ValueError("the command list is empty")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _command_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("function"), list) and "call" not in data:
+            data = {**data, "call": "command"}
+        return data
+
+    @model_validator(mode="after")
+    def _check_call(self) -> SweepSpec:
+        is_cmd = isinstance(self.function, list)
+        if self.call == "command" and not is_cmd:
+            raise ValueError(
+                "call 'command' needs function to be a list like ['./simulate', '{a}']"
+            )
+        if self.call != "command" and is_cmd:
+            raise ValueError(f"a command list needs call: command (got call: {self.call})")
+        return self
+
+    # ------------------------------------------------------------------ derived
+
+    @property
+    def is_live_function(self) -> bool:
+        return callable(self.function)
+
+    def function_ref(self) -> str | list[str]:
+        """A printable reference to the function (module:attr, argv, or a live function)."""
+        f = self.function
+        if callable(f):
+            return f"{getattr(f, '__module__', '?')}:{getattr(f, '__qualname__', repr(f))}"
+        return f
+
+    def budget(self, total_items: int) -> int:
+        """Largest number of failed items still counted a success."""
+        if isinstance(self.max_failures, float):
+            return int(self.max_failures * total_items)
+        return self.max_failures
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define the results; two specs with equal identity are one sweep."""
+        ident: dict[str, Any] = {
+            "function": self.function_ref(),
+            "call": self.call,
+            "params": self.params.model_dump(mode="json", exclude_none=True),
+            "seed": self.seed,
+        }
+        if callable(self.function):
+            ident["code"] = function_code_hash(self.function)
+        if isinstance(self.partition_size, int):
+            ident["partition_size"] = self.partition_size
+        return ident
+
+    def spec_hash(self) -> str:
+        """A short, stable hash of :meth:`identity` (guards resume)."""
+        text = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able view (a live function shows as its reference)."""
+        d = self.model_dump(mode="json", exclude={"function"}, exclude_none=True)
+        d["function"] = self.function_ref()
+        return d
+
+
+def function_code_hash(func: Callable[..., Any]) -> str:
+    """Hash a live function's code so an edited function is a different sweep."""
+    try:
+        text = inspect.getsource(func).encode()
+    except (OSError, TypeError):
+        code = getattr(func, "__code__", None)
+        text = marshal.dumps(code) if code is not None else repr(func).encode()
+    return hashlib.sha256(text).hexdigest()[:16]
+
+
+def _check_url_text(v: str) -> str:
+    v = str(v).strip()
+    if not v or not URL_RE.match(v):
+        raise ValueError(f"not a valid path or URL: {v!r}")
+    proto = v.split("://", 1)[0] if "://" in v else "file"
+    import fsspec
+
+    if proto not in fsspec.available_protocols():
+        raise ValueError(f"unknown storage protocol {proto!r} in {v!r}")
+    if proto in ("s3", "s3a", "gs", "gcs", "az", "abfs") and not v.split("://", 1)[1].strip("/"):
+        raise ValueError(f"{v!r} names no bucket")
+    return v
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def format_validation_error(err: ValidationError, where: str) -> str:
+    """One line: ``where: field.path: message; other.field: message``."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "tuple[")))
+        loc = re.sub(r"\.(list\[Any\]|Linspace|constrained-.*?)(?=\.|$)", "", loc)
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see `sweep validate --help`)"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    # pydantic reports each member of a union; keep the most specific messages
+    seen: list[str] = []
+    for p in parts:
+        if p not in seen:
+            seen.append(p)
+    return f"{where}: " + "; ".join(seen[:4]) + (" …" if len(seen) > 4 else "")
+
+
+def build_spec(data: dict[str, Any], where: str = "spec") -> SweepSpec:
+    """Validate a mapping into a :class:`SweepSpec` or raise one-line :class:`SpecError`."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: the spec must be a mapping of fields, got {type(data).__name__}")
+    try:
+        return SweepSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(format_validation_error(e, where)) from e
+
+
+def load_spec(path: str | os.PathLike[str], **overrides: Any) -> SweepSpec:
+    """Read a YAML spec file, apply non-None ``overrides``, validate.
+
+    Raises
+    ------
+    SpecError
+        The file is missing, is not YAML, or a field is invalid.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise SpecError(f"{p}: cannot read the spec file ({e.strerror}); check the path") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise SpecError(f"{p}: not valid YAML{at}: {getattr(e, 'problem', e)}") from e
+    if data is None:
+        raise SpecError(f"{p}: the spec file is empty")
+    if not isinstance(data, dict):
+        raise SpecError(f"{p}: the spec must be a mapping of fields, got {type(data).__name__}")
+    data = merge_overrides(data, overrides)
+    data.setdefault("base_dir", str(p.resolve().parent))
+    return build_spec(data, where=str(p))
+
+
+def merge_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Apply dotted-key overrides (``cluster.kind``) that are not None."""
+    data = json.loads(json.dumps(data, default=str)) if data else {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *head, last = key.split(".")
+        for k in head:
+            node = node.setdefault(k, {})
+        node[last] = value
+    return data
+
+
+# --------------------------------------------------------------------------- functions
+
+
+def resolve_function(spec: SweepSpec) -> Callable[..., Any] | list[str]:
+    """Import the spec's function on this machine (validates it early, exit code 2).
+
+    A module that is not installed (a local file or a module from the working
+    directory) is registered with cloudpickle to travel *by value*, so remote
+    workers do not need the file.
+    """
+    f = spec.function
+    if callable(f) or isinstance(f, list):
+        return f
+    target, _, attr = f.rpartition(":")
+    if target.endswith(".py") or "/" in target or os.sep in target:
+        path = Path(target)
+        if not path.is_absolute() and spec.base_dir and not path.exists():
+            path = Path(spec.base_dir) / path
+        if not path.exists():
+            raise SpecError(
+                f"function: file {target!r} not found (relative paths start in the spec's folder)"
+            )
+        modname = "sweep_user_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+        module = sys.modules.get(modname)
+        if module is None:
+            loader_spec = importlib.util.spec_from_file_location(modname, path)
+            assert loader_spec is not None and loader_spec.loader is not None
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[modname] = module
+            try:
+                loader_spec.loader.exec_module(module)
+            except Exception as e:
+                del sys.modules[modname]
+                raise SpecError(
+                    f"function: importing {target!r} failed: {type(e).__name__}: {e}"
+                ) from e
+    else:
+        for extra in (os.getcwd(), spec.base_dir):
+            if extra and extra not in sys.path:
+                sys.path.append(extra)
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise SpecError(
+                f"function: cannot import module {target!r} ({e}); install it or run from its folder"
+            ) from e
+        except Exception as e:
+            raise SpecError(
+                f"function: importing {target!r} failed: {type(e).__name__}: {e}"
+            ) from e
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise SpecError(f"function: {target!r} has no attribute {attr!r}")
+    if not callable(obj):
+        raise SpecError(f"function: {f!r} is not callable")
+    _register_by_value(module)
+    return obj
+
+
+def _register_by_value(module: Any) -> None:
+    import cloudpickle
+
+    file = getattr(module, "__file__", None) or ""
+    if "site-packages" in file or "dist-packages" in file or not file:
+        return
+    try:
+        cloudpickle.register_pickle_by_value(module)
+    except ValueError:
+        pass
