@@ -148,7 +148,7 @@ class Progress:
 def _fmt_s(s: float) -> str:
     if s != s or s == float("inf"):
         return "?"
-    s = int(round(s))
+    s = round(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
@@ -415,7 +415,7 @@ def _print_results(s: dict[str, Any]) -> None:
             "  [yellow]incomplete[/]: rerun the same `sweep run` to finish (resume computes only what is missing)"
         )
     for e in s["top_errors"]:
-        out.print(f"  [red]{e['count']:,}×[/] {e['error'][:200]}")
+        out.print(f"  [red]{e['count']:,}x[/] {e['error'][:200]}")
     if s["describe"]:
         t = Table(show_edge=False, pad_edge=False)
         stats = ["count", "mean", "std", "min", "25%", "50%", "75%", "max"]

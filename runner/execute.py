@@ -9,6 +9,7 @@ partition, follows progress, enforces the failure budget and finalises the outpu
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable
@@ -528,10 +529,8 @@ def _submit(client: Any, ctx: TaskContext, missing: list[Descriptor]) -> list[An
 def _cancel(futures: list[Any]) -> None:
     pending = [f for f in futures if not f.done()]
     if pending:
-        try:
+        with contextlib.suppress(Exception):
             pending[0].client.cancel(pending, force=True)
-        except Exception:
-            pass
 
 
 def _finalise(

@@ -68,7 +68,7 @@ class FailureBudget:
 
     def allowed(self, total_items: int) -> int:
         if isinstance(self.max_failures, float) and self.max_failures < 1:
-            return int(math.floor(self.max_failures * total_items))
+            return math.floor(self.max_failures * total_items)
         return int(self.max_failures)
 
     def exceeded(self, failures: int, total_items: int) -> bool:

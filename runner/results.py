@@ -44,7 +44,7 @@ def load_table(
     first = ds.dataset(paths[:1], format="parquet", filesystem=store.fs).schema
     dataset = ds.dataset(paths, format="parquet", filesystem=store.fs)
     try:
-        schemas = [first] + [f.physical_schema for f in dataset.get_fragments()][1:]
+        schemas = [first, *[f.physical_schema for f in dataset.get_fragments()][1:]]
         schema = pa.unify_schemas(schemas, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         schema = first

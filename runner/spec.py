@@ -7,6 +7,7 @@ line naming the file and the field.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -499,7 +500,5 @@ def _register_by_value(module: Any) -> None:
     file = getattr(module, "__file__", None) or ""
     if "site-packages" in file or "dist-packages" in file or not file:
         return
-    try:
+    with contextlib.suppress(ValueError):
         cloudpickle.register_pickle_by_value(module)
-    except ValueError:
-        pass

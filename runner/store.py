@@ -13,6 +13,7 @@ and temporary files do not end in ``.parquet`` so DuckDB globs skip them too.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -144,10 +145,8 @@ class Store:
             return None
 
     def remove(self, name: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self.path(name), recursive=True)
-        except FileNotFoundError:
-            pass
 
     # ------------------------------------------------------------------ partitions
 
