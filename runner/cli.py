@@ -429,6 +429,15 @@ def _print_results(s: dict[str, Any]) -> None:
         out.print(t)
 
 
+def _register_extensions() -> None:
+    from .kube.commands import register
+
+    register(app)
+
+
+_register_extensions()
+
+
 def main() -> None:
     """Console-script entry point."""
     if os.environ.get("SWEEP_DEBUG"):

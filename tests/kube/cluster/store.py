@@ -925,7 +925,7 @@ def decode_secret_value(secret: dict, key: str) -> str | None:
 
 
 def load_yaml_docs(text: str) -> list[dict]:
-    return [d for d in yaml.safe_load_all(text) if d]
+    return [d for d in yaml.load_all(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if d]
 
 
 def dumps(obj: Any) -> bytes:

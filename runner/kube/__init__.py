@@ -1,0 +1,1 @@
+"""Kubernetes: pod templates, DaskCluster specs, runner manifests and submit/status/logs/cancel."""
