@@ -350,9 +350,11 @@ def run_sweep(
     run_record = {"started": started}
     manifest["runs"].append(run_record)
     futures: list[Any] = []
+    dashboard = None
     try:
         with prov as dask_client:
-            emit("cluster", {"dashboard": prov.dashboard_link, "provider": prov.name})
+            dashboard = prov.dashboard_link
+            emit("cluster", {"dashboard": dashboard, "provider": prov.name})
             layout = Layout.from_dict(manifest["layout"]) if manifest.get("layout") else None
             done = set(store.list_partitions())
             if layout is None:
@@ -444,7 +446,7 @@ def run_sweep(
             n_items,
             allowed,
             t_start,
-            prov.dashboard_link if prov is not None else None,
+            dashboard,
         )
         emit("end", report.to_dict())
     if report.status == "failed":

@@ -515,7 +515,17 @@ class Store:
         self._defaults(rt, obj)
         return self._store(rt, obj, "ADDED", None)
 
+    @staticmethod
+    def _normalize(rt: ResourceType, obj: dict) -> None:
+        if rt.key == ("", "secrets") and obj.get("stringData"):
+            data = obj.setdefault("data", {})
+            for k, v in obj.pop("stringData").items():
+                data[k] = base64.b64encode(str(v).encode()).decode()
+        if rt.key == ("", "secrets"):
+            obj.setdefault("type", "Opaque")
+
     def _defaults(self, rt: ResourceType, obj: dict) -> None:
+        self._normalize(rt, obj)
         spec = obj.setdefault("spec", {}) if rt.key in {
             ("", "pods"), ("", "services"), ("apps", "deployments"), ("batch", "jobs")} else None
         if rt.key == ("", "pods"):
@@ -582,6 +592,7 @@ class Store:
                        *, internal: bool = False) -> dict:
         """Normalise an updated object, store it (unless it is a no-op), maybe finalise deletion."""
         new = drop_nulls(new)
+        self._normalize(rt, new)
         meta = new.setdefault("metadata", {})
         ometa = old["metadata"]
         if "status" in rt.subresources and not internal:
@@ -623,9 +634,9 @@ class Store:
             self._register_crd(new)
         stored = self._store(rt, new, "MODIFIED", old)
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            # A running pod is removed by the kubelet once its processes are gone.
             if not (rt.key == ("", "pods") and stored.get("spec", {}).get("nodeName")
-                    and stored.get("status", {}).get("phase") not in ("Succeeded", "Failed")
-                    and not internal):
+                    and stored.get("status", {}).get("phase") not in ("Succeeded", "Failed")):
                 self._remove(rt, stored)
         return stored
 

@@ -1,0 +1,62 @@
+# Every task of the project. A fresh machine needs only Python 3.11+ and make.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TESTSTAMP := $(VENV)/.installed-test
+
+.PHONY: help install demo test test-fast lint format bench image kube-up test-kind clean
+
+help:
+	@echo "make demo   - install and run examples/montecarlo.yaml on a local Dask cluster"
+	@echo "make test   - install test extras and run the whole suite (what CI runs)"
+	@echo "make lint | format | bench | image | kube-up | test-kind | clean"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[plot]'
+	touch $@
+
+$(TESTSTAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@ $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/sweep run examples/montecarlo.yaml
+	$(BIN)/sweep results demo-output/montecarlo --plot demo-output/montecarlo.png
+
+test: $(TESTSTAMP)
+	$(BIN)/ruff check runner tests examples
+	$(BIN)/python -m pytest -q
+
+test-fast: $(TESTSTAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not kube"
+
+lint: $(TESTSTAMP)
+	$(BIN)/ruff check runner tests examples
+	$(BIN)/ruff format --check runner tests examples
+
+format: $(TESTSTAMP)
+	$(BIN)/ruff format runner tests examples
+	$(BIN)/ruff check --fix runner tests examples
+
+bench: $(TESTSTAMP)
+	$(BIN)/python -m bench
+
+image:
+	docker build -t sweep-runner:latest .
+
+kube-up: $(TESTSTAMP)
+	$(BIN)/python -m tests.kube.cluster
+
+test-kind: $(TESTSTAMP)
+	@test -n "$$SWEEP_TEST_KUBECONFIG" || { echo "set SWEEP_TEST_KUBECONFIG to a kind cluster's kubeconfig"; exit 2; }
+	$(BIN)/python -m pytest -q -m kube
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache build *.egg-info

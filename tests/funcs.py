@@ -1,0 +1,62 @@
+"""Functions the tests sweep (a local module: cloudpickle ships it to workers by value)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+_attempts: dict[int, int] = {}
+
+
+def add(a, b):
+    return a + b
+
+
+def row_sum(values):
+    return sum(values)
+
+
+def stats(a, b):
+    return {"total": a + b, "prod": a * b, "label": f"{a}:{b}"}
+
+
+def numpy_scalar(a, b):
+    return np.float32(a) * np.int16(2) + b
+
+
+def fail_on_odd(a, b):
+    if int(a) % 2:
+        raise ValueError(f"odd a={a}")
+    return a + b
+
+
+def flaky(a, b):
+    """Fails on the first attempt of every item (per worker process), then succeeds."""
+    key = (a, b)
+    _attempts[key] = _attempts.get(key, 0) + 1
+    if _attempts[key] == 1:
+        raise RuntimeError("transient")
+    return a + b
+
+
+def unstorable(a, b):
+    if a == 1:
+        return object()
+    return float(a + b)
+
+
+def with_seed(a, seed):
+    return a + (seed % 1000) / 1000
+
+
+def with_rng(a, rng):
+    return float(a + rng.random())
+
+
+def slow(a, b):
+    import time
+
+    time.sleep(float(os.environ.get("SWEEP_TEST_SLEEP", "0.02")))
+    return math.sqrt(a * a + b * b)

@@ -1,0 +1,1061 @@
+"""The "process kubelet": Deployment/Job controllers, service endpoints/DNS,
+and a pod runtime that runs every container as a local process.
+
+It runs on the API server's event loop and talks to the store directly.
+Each pod gets its own 127.0.1.N address, its own mount+UTS namespace
+(``unshare``) with its volumes and an /etc/hosts bind-mounted in, and its
+Python processes get ``podshim/sitecustomize.py`` (wildcard binds -> pod IP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ctypes
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import aiohttp.web
+
+from .store import (ApiError, Store, decode_secret_value, label_selector_matches, now_iso,
+                    rand_suffix)
+
+log = logging.getLogger("kube-emu.kubelet")
+
+HERE = pathlib.Path(__file__).parent
+PODRUN = HERE / "podrun.py"
+PODSHIM = HERE / "podshim"
+NODE_NAME = "kube-emu-node"
+VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    def sub(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group(1)
+        return env[name] if name in env else m.group(0)
+    return VAR_REF.sub(sub, text)
+
+
+def _pdeathsig() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+class ConfigError(Exception):
+    """Referenced ConfigMap/Secret missing: the container cannot be created yet."""
+
+
+@dataclasses.dataclass
+class Container:
+    spec: dict
+    init: bool = False
+    proc: subprocess.Popen | None = None
+    restart_count: int = 0
+    started_at: str | None = None
+    started_mono: float = 0.0
+    state: dict = dataclasses.field(default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}})
+    last_state: dict = dataclasses.field(default_factory=dict)
+    exit_code: int | None = None
+    next_start: float = 0.0
+    backoff: float = 0.0
+    ready: bool = False
+    probe_ok: int = 0
+    probe_fail: int = 0
+    next_probe: float = 0.0
+    log_path: pathlib.Path | None = None
+    last_terminated: dict | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec["name"]
+
+
+@dataclasses.dataclass
+class PodRuntime:
+    ns: str
+    name: str
+    uid: str
+    ip: str
+    dir: pathlib.Path
+    init: list[Container]
+    containers: list[Container]
+    task: asyncio.Task | None = None
+    terminating: bool = False
+    gone: bool = False  # removed from the store
+    phase: str = "Pending"
+    launch: dict | None = None  # {container name: launch spec}
+
+
+class Kubelet:
+    def __init__(self, store: Store, state_dir: pathlib.Path, kubeconfig: str, api_host: str, api_port: int):
+        self.store = store
+        self.dir = state_dir
+        self.kubeconfig = kubeconfig
+        self.api_host, self.api_port = api_host, api_port
+        self.pods: dict[tuple[str, str], PodRuntime] = {}
+        self.dirty = asyncio.Event()
+        self.ip_next = 2
+        self.free_ips: list[str] = []
+        self.dns_dir = state_dir / "dns"
+        self.dns_dir.mkdir(parents=True, exist_ok=True)
+        self.bin_dir = state_dir / "bin"
+        self.bin_dir.mkdir(parents=True, exist_ok=True)
+        self.venv_bin = pathlib.Path(sys.executable).parent
+        self._hosts_written: dict[str, str] = {}
+        self._base_hosts = self._read_base_hosts()
+        self._job_backoff: dict[str, float] = {}
+        self._make_shims()
+        self._sub = store.subscribe(None, lambda ev: self.dirty.set())
+        self._stopping = False
+        self.global_hosts = self.dns_dir / "hosts"
+        self._write_hosts({})
+
+    # ------------------------------------------------------------------ setup
+
+    def _read_base_hosts(self) -> str:
+        try:
+            text = pathlib.Path("/etc/hosts").read_text()
+        except OSError:
+            text = "127.0.0.1 localhost\n"
+        return text.rstrip("\n") + "\n# --- kube-emu ---\n"
+
+    def _make_shims(self) -> None:
+        # Old console scripts that dask images have but modern distributed dropped.
+        for name, sub in (("dask-scheduler", "scheduler"), ("dask-worker", "worker")):
+            if not (self.venv_bin / name).exists():
+                p = self.bin_dir / name
+                p.write_text(f'#!/bin/sh\nexec "{self.venv_bin}/dask" {sub} "$@"\n')
+                p.chmod(0o755)
+
+    def alloc_ip(self) -> str:
+        if self.free_ips:
+            return self.free_ips.pop(0)
+        n = self.ip_next
+        self.ip_next += 1
+        return f"127.0.{1 + n // 250}.{2 + n % 250}"
+
+    # ------------------------------------------------------------------ main loop
+
+    async def run(self) -> None:
+        while not self._stopping:
+            try:
+                await asyncio.wait_for(self.dirty.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+            self.dirty.clear()
+            try:
+                self.reconcile()
+            except Exception:
+                log.exception("kubelet reconcile failed")
+
+    def reconcile(self) -> None:
+        self.store.gc_sweep()
+        self._deployments()
+        self._jobs()
+        self._pods()
+        self._services()
+
+    async def shutdown(self) -> None:
+        self._stopping = True
+        self.store.unsubscribe(self._sub)
+        for pr in list(self.pods.values()):
+            pr.terminating = True
+            pr.gone = True
+            if pr.task:
+                pr.task.cancel()
+        procs = [c.proc for pr in self.pods.values() for c in pr.init + pr.containers if c.proc]
+        for p in procs:
+            _killpg(p, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+            await asyncio.sleep(0.1)
+        for p in procs:
+            _killpg(p, signal.SIGKILL)
+            try:
+                p.wait(2)
+            except Exception:
+                pass
+
+    # ------------------------------------------------------------------ helpers
+
+    def _owned(self, kind_key: str, owner_uid: str, ns: str) -> list[dict]:
+        rt = self.store.rt(kind_key)
+        return [o for o in self.store.list(rt, ns)
+                if any(r.get("uid") == owner_uid for r in o["metadata"].get("ownerReferences") or [])]
+
+    @staticmethod
+    def _owner_ref(obj: dict) -> dict:
+        return {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": obj["metadata"]["name"],
+                "uid": obj["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+
+    @staticmethod
+    def pod_ready(pod: dict) -> bool:
+        if pod["metadata"].get("deletionTimestamp"):
+            return False
+        for c in pod.get("status", {}).get("conditions") or []:
+            if c.get("type") == "Ready":
+                return c.get("status") == "True"
+        return False
+
+    def _create_pod(self, ns: str, owner: dict, template: dict, name: str, extra_labels: dict) -> None:
+        meta = dict(template.get("metadata") or {})
+        pod = {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": name, "namespace": ns,
+                "labels": {**(meta.get("labels") or {}), **extra_labels},
+                "annotations": dict(meta.get("annotations") or {}),
+                "ownerReferences": [self._owner_ref(owner)],
+            },
+            "spec": json.loads(json.dumps(template.get("spec") or {})),
+        }
+        try:
+            self.store.create(self.store.rt("pods"), ns, pod)
+        except ApiError as e:
+            log.warning("cannot create pod %s/%s: %s", ns, name, e.message)
+
+    def _delete(self, kind_key: str, obj: dict) -> None:
+        try:
+            self.store.delete(self.store.rt(kind_key), obj["metadata"].get("namespace"), obj["metadata"]["name"])
+        except ApiError:
+            pass
+
+    # ------------------------------------------------------------------ deployments
+
+    def _deployments(self) -> None:
+        rt = self.store.rt("deployments.apps")
+        for d in self.store.list(rt):
+            meta, spec = d["metadata"], d.get("spec", {})
+            if meta.get("deletionTimestamp"):
+                continue
+            ns = meta["namespace"]
+            template = spec.get("template") or {}
+            thash = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+            pods = [p for p in self._owned("pods", meta["uid"], ns) if not p["metadata"].get("deletionTimestamp")]
+            current = [p for p in pods if p["metadata"].get("labels", {}).get("pod-template-hash") == thash]
+            outdated = [p for p in pods if p not in current]
+            for p in outdated:  # Recreate-style rollout
+                self._delete("pods", p)
+            replicas = int(spec.get("replicas", 1))
+            for _ in range(replicas - len(current)):
+                self._create_pod(ns, d, template, f"{meta['name']}-{thash}-{rand_suffix()}",
+                                 {"pod-template-hash": thash})
+            if len(current) > replicas:
+                extra = sorted(current, key=lambda p: (self.pod_ready(p), p["metadata"]["creationTimestamp"]))
+                for p in extra[: len(current) - replicas]:
+                    self._delete("pods", p)
+            live = [p for p in self._owned("pods", meta["uid"], ns) if not p["metadata"].get("deletionTimestamp")]
+            ready = sum(1 for p in live if self.pod_ready(p))
+            updated = sum(1 for p in live if p["metadata"].get("labels", {}).get("pod-template-hash") == thash)
+            available = ready >= replicas
+
+            def upd(o: dict, live=live, ready=ready, updated=updated, available=available) -> None:
+                st = o.setdefault("status", {})
+                st["observedGeneration"] = o["metadata"].get("generation", 1)
+                st["replicas"] = len(live)
+                st["updatedReplicas"] = updated
+                st["readyReplicas"] = ready
+                st["availableReplicas"] = ready
+                if len(live) - ready:
+                    st["unavailableReplicas"] = len(live) - ready
+                else:
+                    st.pop("unavailableReplicas", None)
+                if not ready:
+                    st.pop("readyReplicas", None)
+                    st.pop("availableReplicas", None)
+                old = {c["type"]: c for c in st.get("conditions") or []}
+                conds = []
+                for ctype, ok, reason in (("Available", available, "MinimumReplicasAvailable" if available
+                                           else "MinimumReplicasUnavailable"),
+                                          ("Progressing", True, "NewReplicaSetAvailable")):
+                    status = "True" if ok else "False"
+                    prev = old.get(ctype)
+                    ts = prev["lastTransitionTime"] if prev and prev.get("status") == status else now_iso()
+                    conds.append({"type": ctype, "status": status, "reason": reason,
+                                  "lastTransitionTime": ts, "lastUpdateTime": ts})
+                st["conditions"] = conds
+
+            self.store.update_internal(rt, ns, meta["name"], upd)
+
+    # ------------------------------------------------------------------ jobs
+
+    def _jobs(self) -> None:
+        rt = self.store.rt("jobs.batch")
+        now = time.time()
+        for j in self.store.list(rt):
+            meta, spec = j["metadata"], j.get("spec", {})
+            ns, uid = meta["namespace"], meta["uid"]
+            if meta.get("deletionTimestamp"):
+                continue
+            status = j.get("status", {})
+            conds = {c["type"]: c for c in status.get("conditions") or []}
+            finished = any(conds.get(t, {}).get("status") == "True" for t in ("Complete", "Failed"))
+            if finished:
+                ttl = spec.get("ttlSecondsAfterFinished")
+                done_at = status.get("completionTime") or (conds.get("Failed") or {}).get("lastTransitionTime")
+                if ttl is not None and done_at and now - _parse_ts(done_at) >= int(ttl):
+                    try:
+                        self.store.delete(rt, ns, meta["name"], {"propagationPolicy": "Background"})
+                    except ApiError:
+                        pass
+                continue
+            if spec.get("suspend"):
+                continue
+            pods = self._owned("pods", uid, ns)
+            policy = (spec.get("template", {}).get("spec", {}) or {}).get("restartPolicy", "Never")
+            active = [p for p in pods if p.get("status", {}).get("phase") in ("Pending", "Running", None)
+                      and not p["metadata"].get("deletionTimestamp")]
+            succeeded = sum(1 for p in pods if p.get("status", {}).get("phase") == "Succeeded")
+            failed = sum(1 for p in pods if p.get("status", {}).get("phase") == "Failed")
+            if policy == "OnFailure":
+                failed += sum(cs.get("restartCount", 0) for p in pods
+                              for cs in p.get("status", {}).get("containerStatuses") or [])
+            start = status.get("startTime") or now_iso()
+            completions = int(spec.get("completions") or 1)
+            parallelism = int(spec.get("parallelism") if spec.get("parallelism") is not None else 1)
+            backoff_limit = int(spec.get("backoffLimit") if spec.get("backoffLimit") is not None else 6)
+            ads = spec.get("activeDeadlineSeconds")
+            verdict: tuple[str, str, str] | None = None
+            if ads is not None and now - _parse_ts(start) >= int(ads):
+                verdict = ("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")
+            elif failed > backoff_limit:
+                verdict = ("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+            elif succeeded >= completions:
+                verdict = ("Complete", "", "")
+            if verdict and verdict[0] == "Failed":
+                for p in active:
+                    self._delete("pods", p)
+                active = []
+            elif verdict is None:
+                want = min(parallelism, completions - succeeded) - len(active)
+                key = f"{ns}/{meta['name']}"
+                if want > 0 and now >= self._job_backoff.get(key, 0):
+                    for _ in range(want):
+                        self._create_pod(ns, j, spec.get("template") or {}, f"{meta['name']}-{rand_suffix()}",
+                                         {"batch.kubernetes.io/job-name": meta["name"], "job-name": meta["name"],
+                                          "batch.kubernetes.io/controller-uid": uid, "controller-uid": uid})
+                    if failed:
+                        self._job_backoff[key] = now + min(0.5 * 2 ** (failed - 1), 5.0)
+                    active = [p for p in self._owned("pods", uid, ns)
+                              if p.get("status", {}).get("phase") in ("Pending", "Running", None)
+                              and not p["metadata"].get("deletionTimestamp")]
+            ready = sum(1 for p in active if self.pod_ready(p))
+
+            def upd(o: dict, active=active, succeeded=succeeded, failed=failed, verdict=verdict,
+                    start=start, ready=ready) -> None:
+                st = o.setdefault("status", {})
+                st["startTime"] = start
+                for k, v in (("active", len(active)), ("succeeded", succeeded), ("failed", failed)):
+                    if v:
+                        st[k] = v
+                    else:
+                        st.pop(k, None)
+                st["ready"] = ready
+                st["uncountedTerminatedPods"] = {}
+                if verdict:
+                    ts = now_iso()
+                    kind, reason, message = verdict
+                    conds = list(st.get("conditions") or [])
+                    if kind == "Complete":
+                        st["completionTime"] = ts
+                        conds.append({"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
+                                      "message": "Reached expected number of succeeded pods",
+                                      "lastProbeTime": ts, "lastTransitionTime": ts})
+                        conds.append({"type": "Complete", "status": "True", "reason": "CompletionsReached",
+                                      "message": "Reached expected number of succeeded pods",
+                                      "lastProbeTime": ts, "lastTransitionTime": ts})
+                    else:
+                        conds.append({"type": "FailureTarget", "status": "True", "reason": reason,
+                                      "message": message, "lastProbeTime": ts, "lastTransitionTime": ts})
+                        conds.append({"type": "Failed", "status": "True", "reason": reason, "message": message,
+                                      "lastProbeTime": ts, "lastTransitionTime": ts})
+                    st["conditions"] = conds
+
+            self.store.update_internal(rt, ns, meta["name"], upd)
+
+    # ------------------------------------------------------------------ services & DNS
+
+    def _services(self) -> None:
+        rt_pods = self.store.rt("pods")
+        rt_svc = self.store.rt("services")
+        pods = [p for p in self.store.list(rt_pods) if p.get("status", {}).get("podIP")]
+        names: dict[str, dict[str, str]] = {}  # ns -> {svc: ip}
+        for svc in self.store.list(rt_svc):
+            meta, spec = svc["metadata"], svc.get("spec", {})
+            ns = meta["namespace"]
+            selector = spec.get("selector")
+            if not selector:
+                continue
+            ready = sorted(
+                (p for p in pods if p["metadata"]["namespace"] == ns and self.pod_ready(p)
+                 and label_selector_matches({"matchLabels": selector}, p["metadata"].get("labels"))),
+                key=lambda p: p["metadata"]["creationTimestamp"])
+            if not ready:
+                continue
+            ip = ready[0]["status"]["podIP"]
+            names.setdefault(ns, {})[meta["name"]] = ip
+            if "loadBalancer" not in svc.get("status", {}) or (
+                    spec.get("type") == "LoadBalancer"
+                    and not svc["status"]["loadBalancer"].get("ingress")):
+                def upd(o: dict, ip=ip) -> None:
+                    lb: dict = {}
+                    if o["spec"].get("type") == "LoadBalancer":
+                        lb["ingress"] = [{"ip": ip, "ipMode": "VIP"}]
+                    o["status"] = {"loadBalancer": lb}
+                self.store.update_internal(rt_svc, ns, meta["name"], upd)
+        pod_names: dict[str, list[tuple[str, str]]] = {}
+        for p in pods:
+            if p["metadata"].get("deletionTimestamp"):
+                continue
+            pod_names.setdefault(p["metadata"]["namespace"], []).append((p["status"]["podIP"], p["metadata"]["name"]))
+        self._write_hosts(names, pod_names)
+
+    def hosts_file(self, ns: str) -> pathlib.Path:
+        return self.dns_dir / f"hosts.{ns}"
+
+    def _write_hosts(self, names: dict[str, dict[str, str]], pod_names: dict | None = None) -> None:
+        pod_names = pod_names or {}
+        fq = []
+        for ns, svcs in sorted(names.items()):
+            for svc, ip in sorted(svcs.items()):
+                fq.append(f"{ip}\t{svc}.{ns} {svc}.{ns}.svc {svc}.{ns}.svc.cluster.local")
+        files = {"": self._base_hosts + "\n".join(fq) + "\n"}
+        namespaces = set(names) | set(pod_names) | {
+            p.name[len("hosts."):] for p in self.dns_dir.glob("hosts.*")}
+        for ns in namespaces:
+            short = [f"{ip}\t{svc}" for svc, ip in sorted(names.get(ns, {}).items())]
+            own = [f"{ip}\t{name}" for ip, name in sorted(pod_names.get(ns, []))]
+            files[ns] = self._base_hosts + "\n".join(own + short + fq) + "\n"
+        for ns, content in files.items():
+            path = self.global_hosts if ns == "" else self.hosts_file(ns)
+            if self._hosts_written.get(ns) == content:
+                continue
+            # Rewrite in place: the file is bind-mounted into pods by inode.
+            mode = "r+" if path.exists() else "w"
+            with open(path, mode) as f:
+                f.write(content)
+                f.truncate()
+            self._hosts_written[ns] = content
+
+    # ------------------------------------------------------------------ pods
+
+    def _pods(self) -> None:
+        rt = self.store.rt("pods")
+        seen = set()
+        for pod in self.store.list(rt):
+            meta = pod["metadata"]
+            key = (meta["namespace"], meta["name"])
+            seen.add(key)
+            pr = self.pods.get(key)
+            if pr is not None and pr.uid != meta["uid"]:
+                pr.gone = True
+                pr.terminating = True
+                pr = None
+            if meta.get("deletionTimestamp"):
+                if pr is None:
+                    try:
+                        self.store.delete(rt, key[0], key[1], force=True)
+                    except ApiError:
+                        pass
+                else:
+                    pr.terminating = True
+                continue
+            if pr is None and pod.get("spec", {}).get("nodeName") in (None, NODE_NAME) and \
+                    pod.get("status", {}).get("phase") in ("Pending", None):
+                self._start_pod(pod)
+        for key, pr in list(self.pods.items()):
+            if key not in seen or self.store.try_get(rt, *key) is None or \
+                    self.store.get(rt, *key)["metadata"]["uid"] != pr.uid:
+                pr.gone = True
+                pr.terminating = True
+
+    def _start_pod(self, pod: dict) -> None:
+        meta, spec = pod["metadata"], pod.get("spec", {})
+        ns, name = meta["namespace"], meta["name"]
+        ip = self.alloc_ip()
+        pdir = self.dir / "pods" / f"{ns}_{name}_{meta['uid'][:8]}"
+        (pdir / "logs").mkdir(parents=True, exist_ok=True)
+        pr = PodRuntime(
+            ns=ns, name=name, uid=meta["uid"], ip=ip, dir=pdir,
+            init=[Container(c, init=True) for c in spec.get("initContainers") or []],
+            containers=[Container(c) for c in spec.get("containers") or []],
+        )
+        self.pods[(ns, name)] = pr
+        if not self.hosts_file(ns).exists():
+            self._hosts_written.pop(ns, None)
+            self.hosts_file(ns).write_text(self._base_hosts)
+        ts = now_iso()
+
+        def upd(o: dict) -> None:
+            o["spec"]["nodeName"] = NODE_NAME
+            st = o.setdefault("status", {})
+            st.update(phase="Pending", podIP=ip, podIPs=[{"ip": ip}], hostIP="127.0.0.1",
+                      hostIPs=[{"ip": "127.0.0.1"}], startTime=ts)
+            st["conditions"] = [
+                {"type": "PodReadyToStartContainers", "status": "True", "lastTransitionTime": ts},
+                {"type": "Initialized", "status": "False" if pr.init else "True", "lastTransitionTime": ts},
+                {"type": "Ready", "status": "False", "lastTransitionTime": ts, "reason": "ContainersNotReady"},
+                {"type": "ContainersReady", "status": "False", "lastTransitionTime": ts,
+                 "reason": "ContainersNotReady"},
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": ts},
+            ]
+        self.store.update_internal(self.store.rt("pods"), ns, name, upd)
+        pr.task = asyncio.get_running_loop().create_task(self._pod_main(pr))
+
+    # --- pod runtime
+
+    async def _pod_main(self, pr: PodRuntime) -> None:
+        rt = self.store.rt("pods")
+        try:
+            pod = self.store.try_get(rt, pr.ns, pr.name)
+            policy = (pod or {}).get("spec", {}).get("restartPolicy", "Always")
+            # Init containers, one after another.
+            for c in pr.init:
+                while not pr.terminating:
+                    if c.proc is None and time.monotonic() >= c.next_start:
+                        self._launch(pr, c)
+                        self._write_status(pr)
+                    if c.proc is not None and c.proc.poll() is not None:
+                        self._on_exit(pr, c)
+                        if c.exit_code == 0:
+                            break
+                        if policy == "Never":
+                            pr.phase = "Failed"
+                            break
+                        self._schedule_restart(c)
+                        self._write_status(pr)
+                    await asyncio.sleep(0.1)
+                if pr.phase == "Failed" or pr.terminating:
+                    break
+            # Main containers.
+            if pr.phase != "Failed":
+                while not pr.terminating:
+                    changed = False
+                    for c in pr.containers:
+                        if c.proc is None and c.exit_code is None and time.monotonic() >= c.next_start:
+                            self._launch(pr, c)
+                            changed = True
+                        elif c.proc is None and c.exit_code is not None and c.next_start and \
+                                time.monotonic() >= c.next_start:
+                            self._launch(pr, c)
+                            changed = True
+                        elif c.proc is not None and c.proc.poll() is not None:
+                            self._on_exit(pr, c)
+                            if policy == "Always" or (policy == "OnFailure" and c.exit_code != 0):
+                                self._schedule_restart(c)
+                            changed = True
+                        elif c.proc is not None:
+                            if time.monotonic() - c.started_mono > 10:
+                                c.backoff = 0.0
+                            changed |= await self._probe(pr, c)
+                    if all(c.proc is None and c.exit_code is not None and not c.next_start for c in pr.containers):
+                        pr.phase = "Succeeded" if all(c.exit_code == 0 for c in pr.containers) else "Failed"
+                        self._write_status(pr)
+                        break
+                    if changed:
+                        self._write_status(pr)
+                    await asyncio.sleep(0.2)
+            if pr.phase in ("Succeeded", "Failed") and not pr.terminating:
+                self._write_status(pr)
+                while not pr.terminating:
+                    await asyncio.sleep(0.3)
+            await self._terminate(pr)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("pod runtime %s/%s crashed", pr.ns, pr.name)
+            await self._terminate(pr)
+
+    def _schedule_restart(self, c: Container) -> None:
+        c.backoff = min(max(c.backoff * 2, 1.0), 10.0)
+        c.next_start = time.monotonic() + c.backoff
+        c.state = {"waiting": {"reason": "CrashLoopBackOff",
+                               "message": f"back-off {c.backoff:.0f}s restarting failed container={c.name}"}}
+
+    def _on_exit(self, pr: PodRuntime, c: Container) -> None:
+        assert c.proc is not None
+        rc = c.proc.returncode
+        code = rc if rc >= 0 else 128 - rc
+        c.exit_code = code
+        term = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
+                "startedAt": c.started_at, "finishedAt": now_iso(),
+                "containerID": f"emu://{c.proc.pid}"}
+        if rc < 0:
+            term["signal"] = -rc
+        c.state = {"terminated": term}
+        c.last_terminated = term
+        c.ready = False
+        c.proc = None
+        c.next_start = 0.0
+        log.info("pod %s/%s container %s exited with %s", pr.ns, pr.name, c.name, code)
+
+    async def _probe(self, pr: PodRuntime, c: Container) -> bool:
+        """Run the readiness probe if due; return True if readiness changed."""
+        probe = c.spec.get("readinessProbe")
+        before = c.ready
+        if not probe:
+            c.ready = True
+            return before != c.ready
+        now = time.monotonic()
+        if now < c.next_probe:
+            return False
+        period = max(float(probe.get("periodSeconds", 10)), 0.5)
+        c.next_probe = now + min(period, 2.0)  # probe faster than k8s: tests want speed
+        if now - c.started_mono < float(probe.get("initialDelaySeconds", 0)):
+            return False
+        ok = await self._run_probe(pr, c, probe)
+        if ok:
+            c.probe_fail = 0
+            c.probe_ok += 1
+            if c.probe_ok >= int(probe.get("successThreshold", 1)):
+                c.ready = True
+        else:
+            c.probe_ok = 0
+            c.probe_fail += 1
+            if c.probe_fail >= int(probe.get("failureThreshold", 3)) or not c.ready:
+                c.ready = False
+        return before != c.ready
+
+    def _port(self, c: Container, port: Any) -> int:
+        if isinstance(port, int) or (isinstance(port, str) and port.isdigit()):
+            return int(port)
+        for p in c.spec.get("ports") or []:
+            if p.get("name") == port:
+                return int(p["containerPort"])
+        raise ValueError(f"unknown named port {port!r}")
+
+    async def _run_probe(self, pr: PodRuntime, c: Container, probe: dict) -> bool:
+        timeout = min(float(probe.get("timeoutSeconds", 1)), 2.0)
+        try:
+            if "httpGet" in probe:
+                hg = probe["httpGet"]
+                port = self._port(c, hg.get("port"))
+                host = hg.get("host") or pr.ip
+                path = hg.get("path", "/")
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+                try:
+                    headers = "".join(f"{h['name']}: {h['value']}\r\n" for h in hg.get("httpHeaders") or [])
+                    writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.31\r\n"
+                                 f"{headers}\r\n".encode())
+                    await writer.drain()
+                    line = await asyncio.wait_for(reader.readline(), timeout)
+                finally:
+                    writer.close()
+                parts = line.split()
+                return len(parts) >= 2 and 200 <= int(parts[1]) < 400
+            if "tcpSocket" in probe:
+                port = self._port(c, probe["tcpSocket"].get("port"))
+                _, writer = await asyncio.wait_for(asyncio.open_connection(pr.ip, port), timeout)
+                writer.close()
+                return True
+            if "exec" in probe:
+                launch = (pr.launch or {}).get(c.name)
+                if not launch:
+                    return False
+                proc = await asyncio.create_subprocess_exec(
+                    *probe["exec"].get("command", []), env=launch["env"], cwd=launch["cwd"],
+                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+                try:
+                    return await asyncio.wait_for(proc.wait(), timeout + 5) == 0
+                except asyncio.TimeoutError:
+                    proc.kill()
+                    return False
+            return True
+        except Exception:
+            return False
+
+    def _launch(self, pr: PodRuntime, c: Container) -> None:
+        pod = self.store.try_get(self.store.rt("pods"), pr.ns, pr.name)
+        if pod is None:
+            pr.terminating = True
+            return
+        try:
+            spec = self._launch_spec(pr, pod, c)
+        except ConfigError as e:
+            c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
+            c.next_start = time.monotonic() + 1.0
+            return
+        pr.launch = pr.launch or {}
+        pr.launch[c.name] = spec
+        spec_path = pr.dir / f"launch-{c.name}.json"
+        spec_path.write_text(json.dumps(spec))
+        if c.started_at is not None:  # a restart
+            c.restart_count += 1
+            if c.last_terminated:
+                c.last_state = {"terminated": c.last_terminated}
+        c.log_path = pr.dir / "logs" / f"{c.name}-{c.restart_count}.log"
+        logf = open(c.log_path, "ab")
+        argv = ["unshare", "--mount", "--uts", "--propagation", "private", "--",
+                sys.executable, "-I", "-S", str(PODRUN), str(spec_path)]
+        try:
+            c.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                      start_new_session=True, preexec_fn=_pdeathsig, close_fds=True)
+        finally:
+            logf.close()
+        c.exit_code = None
+        c.next_start = 0.0
+        c.started_at = now_iso()
+        c.started_mono = time.monotonic()
+        c.state = {"running": {"startedAt": c.started_at}}
+        c.ready = False
+        c.probe_ok = c.probe_fail = 0
+        c.next_probe = 0.0
+        log.info("pod %s/%s container %s started: pid %s %s", pr.ns, pr.name, c.name, c.proc.pid, spec["argv"])
+
+    def _launch_spec(self, pr: PodRuntime, pod: dict, c: Container) -> dict:
+        cspec = c.spec
+        env = self._env(pr, pod, cspec)
+        command = [expand(x, env) for x in cspec.get("command") or []]
+        args = [expand(x, env) for x in cspec.get("args") or []]
+        argv = command + args if command else args
+        if not argv:
+            raise ConfigError(f"container {c.name!r} has neither command nor args (images are not emulated)")
+        mounts = self._volume_mounts(pr, pod, cspec)
+        mounts.append({"src": str(self.hosts_file(pr.ns)), "dst": "/etc/hosts", "readOnly": False})
+        cwd = cspec.get("workingDir") or str(pr.dir / "work" / c.name)
+        return {"argv": argv, "env": env, "cwd": cwd, "mounts": mounts, "hostname": pr.name,
+                "overlay_dir": str(pr.dir / "overlay" / c.name)}
+
+    # --- env
+
+    def _get_obj(self, kind: str, ns: str, name: str) -> dict | None:
+        return self.store.try_get(self.store.rt(kind), ns, name)
+
+    def _field_ref(self, pr: PodRuntime, pod: dict, path: str) -> str:
+        meta = pod["metadata"]
+        m = re.match(r"metadata\.(labels|annotations)\['([^']+)'\]", path)
+        if m:
+            return str((meta.get(m.group(1)) or {}).get(m.group(2), ""))
+        return {
+            "metadata.name": meta["name"], "metadata.namespace": meta["namespace"], "metadata.uid": meta["uid"],
+            "spec.nodeName": NODE_NAME, "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
+            "status.podIP": pr.ip, "status.podIPs": pr.ip, "status.hostIP": "127.0.0.1",
+            "status.hostIPs": "127.0.0.1",
+        }.get(path, "")
+
+    def _env(self, pr: PodRuntime, pod: dict, cspec: dict) -> dict[str, str]:
+        ns = pr.ns
+        env: dict[str, str] = {
+            "PATH": f"{self.bin_dir}:{self.venv_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": "/root",
+            "HOSTNAME": pr.name,
+            "LANG": "C.UTF-8",
+            "TMPDIR": str(pr.dir / "tmp"),
+            "KUBERNETES_SERVICE_HOST": self.api_host,
+            "KUBERNETES_SERVICE_PORT": str(self.api_port),
+            "KUBECONFIG": self.kubeconfig,
+            "PYTHONUNBUFFERED": "1",
+        }
+        (pr.dir / "tmp").mkdir(exist_ok=True)
+        for ef in cspec.get("envFrom") or []:
+            prefix = ef.get("prefix", "")
+            if "configMapRef" in ef:
+                ref = ef["configMapRef"]
+                cm = self._get_obj("configmaps", ns, ref["name"])
+                if cm is None:
+                    if ref.get("optional"):
+                        continue
+                    raise ConfigError(f'configmap "{ref["name"]}" not found')
+                for k, v in (cm.get("data") or {}).items():
+                    env[prefix + k] = v
+            if "secretRef" in ef:
+                ref = ef["secretRef"]
+                sec = self._get_obj("secrets", ns, ref["name"])
+                if sec is None:
+                    if ref.get("optional"):
+                        continue
+                    raise ConfigError(f'secret "{ref["name"]}" not found')
+                for k in set(sec.get("data") or {}) | set(sec.get("stringData") or {}):
+                    env[prefix + k] = decode_secret_value(sec, k) or ""
+        for item in cspec.get("env") or []:
+            name = item["name"]
+            if "value" in item or "valueFrom" not in item:
+                env[name] = expand(str(item.get("value", "")), env)
+                continue
+            vf = item["valueFrom"]
+            if "fieldRef" in vf:
+                env[name] = self._field_ref(pr, pod, vf["fieldRef"].get("fieldPath", ""))
+            elif "secretKeyRef" in vf or "configMapKeyRef" in vf:
+                is_secret = "secretKeyRef" in vf
+                ref = vf["secretKeyRef" if is_secret else "configMapKeyRef"]
+                obj = self._get_obj("secrets" if is_secret else "configmaps", ns, ref.get("name", ""))
+                value = None
+                if obj is not None:
+                    value = decode_secret_value(obj, ref["key"]) if is_secret else (obj.get("data") or {}).get(ref["key"])
+                if value is None:
+                    if ref.get("optional"):
+                        continue
+                    kind = "secret" if is_secret else "configmap"
+                    raise ConfigError(f'couldn\'t find key {ref["key"]} in {kind} {ns}/{ref.get("name")}')
+                env[name] = value
+            elif "resourceFieldRef" in vf:
+                env[name] = str(os.cpu_count() or 1) if "cpu" in vf["resourceFieldRef"].get("resource", "") \
+                    else str(16 * 2 ** 30)
+        # Our pod shim goes first on PYTHONPATH (chains to any other sitecustomize).
+        env["PYTHONPATH"] = str(PODSHIM) + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["KUBE_EMU_POD_IP"] = pr.ip
+        return env
+
+    # --- volumes
+
+    def _volume_mounts(self, pr: PodRuntime, pod: dict, cspec: dict) -> list[dict]:
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+        mounts = []
+        for vm in cspec.get("volumeMounts") or []:
+            vol = volumes.get(vm["name"])
+            if vol is None:
+                raise ConfigError(f"volume {vm['name']!r} not found")
+            src = self._materialize(pr, pod, vol)
+            if vm.get("subPath"):
+                src = src / expand(vm["subPath"], {})
+                if not src.exists():
+                    src.mkdir(parents=True, exist_ok=True)
+            mounts.append({"src": str(src), "dst": vm["mountPath"], "readOnly": bool(vm.get("readOnly"))})
+        return mounts
+
+    def _write_items(self, target: pathlib.Path, data: dict[str, bytes], items: list | None, mode: int) -> None:
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        if items:
+            chosen = [(it["key"], it.get("path", it["key"]), it.get("mode", mode)) for it in items if it["key"] in data]
+        else:
+            chosen = [(k, k, mode) for k in data]
+        for key, path, m in chosen:
+            p = target / path
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data[key])
+            p.chmod(m)
+
+    def _source_data(self, pr: PodRuntime, kind: str, src: dict) -> dict[str, bytes] | None:
+        name = src.get("name") or src.get("secretName", "")
+        obj = self._get_obj(kind, pr.ns, name)
+        if obj is None:
+            if src.get("optional"):
+                return {}
+            return None
+        if kind == "secrets":
+            return {k: (decode_secret_value(obj, k) or "").encode() if k in (obj.get("stringData") or {})
+                    else base64.b64decode(v) for k, v in {**(obj.get("data") or {}),
+                                                          **(obj.get("stringData") or {})}.items()}
+        out = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
+        out.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
+        return out
+
+    def _materialize(self, pr: PodRuntime, pod: dict, vol: dict) -> pathlib.Path:
+        target = pr.dir / "volumes" / vol["name"]
+        if "emptyDir" in vol:
+            target.mkdir(parents=True, exist_ok=True)
+            return target
+        if "hostPath" in vol:
+            p = pathlib.Path(vol["hostPath"]["path"])
+            if not p.exists() and vol["hostPath"].get("type") in ("DirectoryOrCreate", None, ""):
+                p.mkdir(parents=True, exist_ok=True)
+            return p
+        if "configMap" in vol or "secret" in vol:
+            kind, src = ("configmaps", vol["configMap"]) if "configMap" in vol else ("secrets", vol["secret"])
+            data = self._source_data(pr, kind, src)
+            if data is None:
+                raise ConfigError(f'{kind[:-1]} "{src.get("name") or src.get("secretName")}" not found')
+            self._write_items(target, data, src.get("items"), src.get("defaultMode", 0o644))
+            return target
+        if "downwardAPI" in vol or "projected" in vol:
+            if target.exists():
+                shutil.rmtree(target)
+            target.mkdir(parents=True)
+            sources = vol["projected"].get("sources", []) if "projected" in vol else [{"downwardAPI": vol["downwardAPI"]}]
+            for s in sources:
+                if "configMap" in s or "secret" in s:
+                    kind, src = ("configmaps", s["configMap"]) if "configMap" in s else ("secrets", s["secret"])
+                    data = self._source_data(pr, kind, src)
+                    if data is None:
+                        raise ConfigError(f'{kind[:-1]} "{src.get("name")}" not found')
+                    tmp = target.parent / (target.name + ".tmp")
+                    self._write_items(tmp, data, src.get("items"), 0o644)
+                    shutil.copytree(tmp, target, dirs_exist_ok=True)
+                    shutil.rmtree(tmp)
+                elif "downwardAPI" in s:
+                    for it in s["downwardAPI"].get("items", []):
+                        path = it.get("fieldRef", {}).get("fieldPath", "")
+                        meta = pod["metadata"]
+                        if path in ("metadata.labels", "metadata.annotations"):
+                            d = meta.get(path.split(".")[1]) or {}
+                            value = "\n".join(f'{k}="{v}"' for k, v in sorted(d.items()))
+                        else:
+                            value = self._field_ref(pr, pod, path)
+                        (target / it["path"]).parent.mkdir(parents=True, exist_ok=True)
+                        (target / it["path"]).write_text(value)
+                elif "serviceAccountToken" in s:
+                    (target / s["serviceAccountToken"].get("path", "token")).write_text("kube-emu-token")
+            return target
+        # PVCs and anything else: a scratch directory (not persistent across pods).
+        target.mkdir(parents=True, exist_ok=True)
+        return target
+
+    # --- status
+
+    def _container_status(self, c: Container, pod_spec: dict) -> dict:
+        st = {"name": c.name, "image": c.spec.get("image", ""), "imageID": "", "ready": c.ready,
+              "restartCount": c.restart_count, "started": c.proc is not None, "state": c.state,
+              "lastState": c.last_state}
+        if c.proc is not None:
+            st["containerID"] = f"emu://{c.proc.pid}"
+        return st
+
+    def _write_status(self, pr: PodRuntime) -> None:
+        if pr.gone:
+            return
+        rt = self.store.rt("pods")
+        ts = now_iso()
+        all_ready = bool(pr.containers) and all(c.ready for c in pr.containers)
+        started = any(c.started_at for c in pr.containers)
+        if pr.phase not in ("Succeeded", "Failed"):
+            pr.phase = "Running" if started else "Pending"
+        init_done = all(c.exit_code == 0 for c in pr.init)
+
+        def upd(o: dict) -> None:
+            st = o.setdefault("status", {})
+            st["phase"] = pr.phase
+            st["containerStatuses"] = [self._container_status(c, o["spec"]) for c in pr.containers]
+            if pr.init:
+                st["initContainerStatuses"] = [self._container_status(c, o["spec"]) for c in pr.init]
+            conds = {c["type"]: c for c in st.get("conditions") or []}
+            for ctype, ok in (("Initialized", init_done), ("Ready", all_ready and pr.phase == "Running"),
+                              ("ContainersReady", all_ready and pr.phase == "Running")):
+                status = "True" if ok else "False"
+                prev = conds.get(ctype)
+                if prev is None or prev.get("status") != status:
+                    new = {"type": ctype, "status": status, "lastTransitionTime": ts}
+                    if not ok and ctype != "Initialized":
+                        new["reason"] = "PodCompleted" if pr.phase in ("Succeeded", "Failed") else "ContainersNotReady"
+                    conds[ctype] = new
+            st["conditions"] = list(conds.values())
+        self.store.update_internal(rt, pr.ns, pr.name, upd)
+
+    async def _terminate(self, pr: PodRuntime) -> None:
+        rt = self.store.rt("pods")
+        pod = self.store.try_get(rt, pr.ns, pr.name)
+        grace = 30
+        if pod is not None and pod["metadata"].get("uid") == pr.uid:
+            grace = pod["metadata"].get("deletionGracePeriodSeconds",
+                                        pod["spec"].get("terminationGracePeriodSeconds", 30))
+        running = [c for c in pr.init + pr.containers if c.proc is not None]
+        for c in running:
+            _killpg(c.proc, signal.SIGTERM)
+        deadline = time.monotonic() + float(grace)
+        while running and time.monotonic() < deadline and any(c.proc.poll() is None for c in running):
+            await asyncio.sleep(0.1)
+        for c in running:
+            if c.proc.poll() is None:
+                _killpg(c.proc, signal.SIGKILL)
+                await asyncio.sleep(0.05)
+            # Kill whatever is left in the process group (e.g. nanny children).
+            _killpg(c.proc, signal.SIGKILL)
+            try:
+                c.proc.wait(5)
+            except Exception:
+                pass
+            self._on_exit(pr, c)
+        if not pr.gone and pod is not None and pod["metadata"].get("uid") == pr.uid:
+            if pr.phase not in ("Succeeded", "Failed"):
+                codes = [c.exit_code for c in pr.containers if c.exit_code is not None]
+                pr.phase = "Succeeded" if codes and all(x == 0 for x in codes) else "Failed"
+            for c in pr.containers:
+                c.ready = False
+            self._write_status(pr)
+            try:
+                self.store.delete(rt, pr.ns, pr.name, force=True)
+            except ApiError:
+                pass
+        if self.pods.get((pr.ns, pr.name)) is pr:
+            del self.pods[(pr.ns, pr.name)]
+        self.free_ips.append(pr.ip)
+        self.dirty.set()
+
+    # ------------------------------------------------------------------ logs
+
+    async def serve_logs(self, ns: str, name: str, q: dict, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        pod = self.store.get(self.store.rt("pods"), ns, name)
+        names = [c["name"] for c in pod["spec"].get("containers", []) + pod["spec"].get("initContainers", [])]
+        cname = q.get("container")
+        if not cname:
+            if len(pod["spec"].get("containers", [])) != 1:
+                raise ApiError(400, "BadRequest", f"a container name must be specified for pod {name}, "
+                                                  f"choose one of: {names}")
+            cname = pod["spec"]["containers"][0]["name"]
+        if cname not in names:
+            raise ApiError(400, "BadRequest", f"container {cname} is not valid for pod {name}")
+        pr = self.pods.get((ns, name))
+        pdir = pr.dir if pr else next(iter(sorted((self.dir / "pods").glob(f"{ns}_{name}_{pod['metadata']['uid'][:8]}"))),
+                                      None)
+        logs = sorted((pdir / "logs").glob(f"{cname}-*.log"), key=lambda p: int(p.stem.rsplit("-", 1)[1])) \
+            if pdir else []
+        if q.get("previous") in ("true", "1"):
+            logs = logs[-2:-1]
+            if not logs:
+                raise ApiError(400, "BadRequest", f'previous terminated container "{cname}" in pod "{name}" not found')
+        else:
+            logs = logs[-1:]
+        if not logs:
+            raise ApiError(400, "BadRequest", f'container "{cname}" in pod "{name}" is waiting to start: '
+                                              "ContainerCreating")
+        path = logs[0]
+        data = path.read_bytes()
+        if q.get("tailLines"):
+            n = int(q["tailLines"])
+            lines = data.splitlines(keepends=True)
+            data = b"".join(lines[-n:]) if n > 0 else b""
+        if q.get("limitBytes"):
+            data = data[: int(q["limitBytes"])]
+        if q.get("follow") not in ("true", "1"):
+            return aiohttp.web.Response(body=data, content_type="text/plain")
+        resp = aiohttp.web.StreamResponse(headers={"Content-Type": "text/plain"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(raw)
+        await resp.write(data)
+        pos = path.stat().st_size
+        try:
+            while True:
+                await asyncio.sleep(0.2)
+                size = path.stat().st_size
+                if size > pos:
+                    with open(path, "rb") as f:
+                        f.seek(pos)
+                        chunk = f.read(size - pos)
+                    pos = size
+                    await resp.write(chunk)
+                cur = self.pods.get((ns, name))
+                alive = cur is not None and any(c.name == cname and c.proc is not None for c in cur.containers + cur.init)
+                if not alive and path.stat().st_size == pos:
+                    break
+        except ConnectionError:
+            pass
+        await resp.write_eof()
+        return resp
+
+
+def _killpg(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _parse_ts(ts: str) -> float:
+    import datetime
+    return datetime.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc).timestamp()

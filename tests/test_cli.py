@@ -1,0 +1,205 @@
+"""The `sweep` command driven as users drive it: subprocesses, exit codes, messages, files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import runner
+from tests.conftest import ROOT, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+SWEEP = str(Path(sys.executable).parent / "sweep")
+
+
+def sweep(*args, env, timeout=120, cwd=ROOT):
+    return subprocess.run([SWEEP, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
+
+
+def write_spec(path: Path, **fields) -> Path:
+    spec = {
+        "name": "cli-test",
+        "function": "tests.funcs:add",
+        "params": {"grid": {"a": list(range(10)), "b": [0.0, 0.5]}},
+        "output": str(path.parent / "out"),
+        "partition_size": 4,
+    }
+    spec.update(fields)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_run_json_summary_and_results(tmp_path, cli_env, dask_cluster):
+    spec = write_spec(tmp_path / "s.yaml")
+    r = sweep("run", spec, "--scheduler", dask_cluster.scheduler_address, "--json", env=cli_env)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "succeeded" and summary["items"] == 20 and summary["exit_code"] == 0
+    # non-tty progress: plain lines on stderr
+    assert "20/20 items (100.0%)" in r.stderr and "items/s" in r.stderr
+    r = sweep("results", tmp_path / "out", "--json", env=cli_env)
+    s = json.loads(r.stdout)
+    assert s["complete"] and s["ok"] == 20 and s["describe"]["result"]["count"] == 20
+    csv, png = tmp_path / "r.csv", tmp_path / "r.png"
+    r = sweep("results", tmp_path / "out", "--csv", csv, "--plot", png, "--where", "result > 5", env=cli_env)
+    assert r.returncode == 0, r.stderr
+    df = pd.read_csv(csv)
+    assert len(df) == 9 and (df["result"] > 5).all()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plan_and_validate(tmp_path, cli_env, dask_cluster):
+    spec = write_spec(tmp_path / "s.yaml")
+    r = sweep("validate", spec, env=cli_env)
+    assert r.returncode == 0 and "20 items" in r.stdout
+    r = sweep("plan", spec, "--json", env=cli_env)
+    info = json.loads(r.stdout)
+    assert info["items"] == 20 and info["layout"] is None and info["partitions_at_most"] == 6
+    sweep("run", spec, "--scheduler", dask_cluster.scheduler_address, env=cli_env)
+    (tmp_path / "out" / "part-00002.parquet").unlink()
+    info = json.loads(sweep("plan", spec, "--json", env=cli_env).stdout)
+    assert info["todo_count"] == 1 and info["todo"] == [[2, 8, 12]]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"params": {"grid": {"a": [1]}, "random": {"n": 3, "columns": {"x": {"uniform": [0, 1]}}}}},
+         "params: give exactly one parameter source"),
+        ({"paramz": {}}, "paramz: unknown field"),
+        ({"retries": "lots"}, "retries: Input should be a valid integer"),
+        ({"output": "nosuchproto://bucket/x"}, "output: unknown storage protocol"),
+        ({"output": "s3://"}, "names no bucket"),
+        ({"partition_size": 0}, "partition_size"),
+        ({"max_failures": 1.5}, "max_failures"),
+        ({"name": "Bad Name"}, "name: use lowercase"),
+        ({"function": "no-colon"}, "function: use 'package.module:function'"),
+        ({"function": "tests.funcs:nope"}, "has no attribute 'nope'"),
+        ({"function": ["./x"], "call": "row"}, "a command list needs call: command"),
+        ({"params": {"random": {"n": 5, "columns": {"x": {"uniform": [1, 0]}}}}}, "low < high"),
+        ({"params": {"dataset": "/definitely/not/here.parquet"}}, "does not exist"),
+    ],
+)
+def test_bad_input_exit_2_one_line_nothing_written(tmp_path, cli_env, fields, message):
+    spec = write_spec(tmp_path / "bad.yaml", **fields)
+    for cmd in ("validate", "run"):
+        r = sweep(cmd, spec, env=cli_env)
+        assert r.returncode == 2, (cmd, r.stdout, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+        assert message in lines[0], lines[0]
+        if "unknown field" in message or "Input should" in message:
+            assert "bad.yaml" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_spec_files(tmp_path, cli_env):
+    r = sweep("run", tmp_path / "missing.yaml", env=cli_env)
+    assert r.returncode == 2 and "cannot read the spec file" in r.stderr
+    (tmp_path / "broken.yaml").write_text("name: [unclosed\n")
+    r = sweep("run", tmp_path / "broken.yaml", env=cli_env)
+    assert r.returncode == 2 and "not valid YAML at line" in r.stderr
+    (tmp_path / "empty.yaml").write_text("")
+    assert "empty" in sweep("validate", tmp_path / "empty.yaml", env=cli_env).stderr
+
+
+def test_budget_exceeded_exit_1_and_changed_spec_exit_2(tmp_path, cli_env, dask_cluster):
+    spec = write_spec(tmp_path / "s.yaml", function="tests.funcs:fail_on_odd")
+    r = sweep("run", spec, "--scheduler", dask_cluster.scheduler_address, env=cli_env)
+    assert r.returncode == 1, r.stderr
+    assert "max_failures allows 0" in r.stderr and "failed" in r.stdout
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+    r = sweep("results", tmp_path / "out", env=cli_env)
+    assert "ValueError: odd a=" in r.stdout and "incomplete" in r.stdout or "failed" in r.stdout
+    spec2 = write_spec(tmp_path / "s.yaml", function="tests.funcs:add")
+    r = sweep("run", spec2, "--scheduler", dask_cluster.scheduler_address, env=cli_env)
+    assert r.returncode == 2 and "holds a different sweep" in r.stderr and "--overwrite" in r.stderr
+    r = sweep("run", spec2, "--scheduler", dask_cluster.scheduler_address, "--overwrite", env=cli_env)
+    assert r.returncode == 0 and (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_unreachable_scheduler_is_infrastructure_error(tmp_path, cli_env):
+    spec = write_spec(tmp_path / "s.yaml")
+    env = dict(cli_env, DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="2s")
+    r = sweep("run", spec, "--scheduler", "tcp://127.0.0.1:9", env=env)
+    assert r.returncode == 3 and "cannot reach the Dask scheduler" in r.stderr
+
+
+def _slow_spec(tmp_path: Path) -> Path:
+    return write_spec(
+        tmp_path / "slow.yaml",
+        function="tests.funcs:slow",
+        params={"grid": {"a": list(range(40)), "b": list(range(10))}},
+        partition_size=10,
+    )
+
+
+def _reference(tmp_path: Path) -> pd.DataFrame:
+    a, b = np.meshgrid(np.arange(40), np.arange(10), indexing="ij")
+    return pd.DataFrame({"item": np.arange(400), "result": np.sqrt(a * a + b * b).ravel()})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_kill_mid_run_then_resume_gives_identical_results(tmp_path, cli_env, sig):
+    spec = _slow_spec(tmp_path)
+    out = tmp_path / "out"
+    env = dict(cli_env, SWEEP_TEST_SLEEP="0.02")
+    proc = subprocess.Popen([SWEEP, "run", str(spec), "--workers", "2"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 4, 90, "some partitions")
+        if sig == signal.SIGKILL:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    done_before = len(list(out.glob("part-*.parquet")))
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143, stderr
+        assert "finished partitions are kept" in stderr
+        assert json.loads((out / "_manifest.json").read_text())["status"] == "interrupted"
+    assert done_before < 41 and not (out / "_SUCCESS").exists()
+    r = sweep("run", spec, "--workers", "2", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["partitions_run"] <= summary["partitions"] - done_before + 1
+    df = runner.load_results(str(out))
+    assert df["item"].is_unique and len(df) == 400
+    np.testing.assert_allclose(df["result"], _reference(tmp_path)["result"])
+
+
+@pytest.mark.slow
+def test_embedded_local_default_runs_the_example(tmp_path, cli_env):
+    r = sweep("run", ROOT / "examples" / "montecarlo.yaml", "--output", tmp_path / "mc", "--json", env=cli_env)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert s["ok"] == 1000 and s["dashboard"].startswith("http://")
+    df = runner.load_results(str(tmp_path / "mc"))
+    cols = ["param_a", "param_b", "param_c", "param_d"]
+    np.testing.assert_allclose(df["result"], df[cols].sum(axis=1))
+
+
+def test_python_file_function_reference(tmp_path, cli_env, dask_cluster):
+    (tmp_path / "model.py").write_text(textwrap.dedent("""
+        def energy(a, b):
+            return {"e": a * a - b}
+    """))
+    spec = write_spec(tmp_path / "s.yaml", function="model.py:energy")
+    r = sweep("run", spec, "--scheduler", dask_cluster.scheduler_address, "--json", env=cli_env, cwd=tmp_path.parent)
+    assert r.returncode == 0, r.stderr
+    df = runner.load_results(str(tmp_path / "out"))
+    np.testing.assert_allclose(df["e"], df["a"] ** 2 - df["b"])
