@@ -180,14 +180,30 @@ def run_items(
     attempts: dict[int, int] = {}
     append, dappend = values.append, durations.append
     clock = time.perf_counter
-    rows = zip(*cols, strict=True) if cols else iter([()] * n)
+    rows: Any = zip(*cols, strict=True) if cols else iter([()] * n)
 
-    for k, vals in enumerate(rows):
+    if call == "row" and kind is None and deadline is None:
+        # the common case, kept as tight as a plain Python loop
+        for k, v in enumerate(rows):
+            arg = list(v)
+            t0 = clock()
+            try:
+                r = fn(arg)
+            except Exception as e:
+                r, tries, err = _retry(fn, (arg,), {}, retries, e)
+                if err is not None:
+                    errors[k] = err
+                attempts[k] = tries
+            dappend(clock() - t0)
+            append(r)
+        return ItemResults(values, errors, attempts, durations)
+
+    for k, v in enumerate(rows):
         if call == "row":
-            args: tuple[Any, ...] = (list(vals),)
+            args: tuple[Any, ...] = (list(v),)
             kw: dict[str, Any] = {}
         else:
-            args, kw = (), dict(zip(names, vals, strict=True))
+            args, kw = (), dict(zip(names, v, strict=True))
             if call == "command":
                 kw["item"] = item_list[k]
         if kind == "seed":
@@ -195,24 +211,33 @@ def run_items(
         elif kind == "rng":
             kw["rng"] = np.random.default_rng(seeds[k])  # type: ignore[index]
         t0 = clock()
-        tries = 0
-        while True:
-            tries += 1
-            try:
-                r = fn(*args, **kw)
-                break
-            except Exception as e:
-                if tries > retries:
-                    r = None
-                    errors[k] = format_exception(e)
-                    break
+        try:
+            r = fn(*args, **kw)
+        except Exception as e:
+            r, tries, err = _retry(fn, args, kw, retries, e)
+            if err is not None:
+                errors[k] = err
+            attempts[k] = tries
         dappend(clock() - t0)
         append(r)
-        if tries != 1:
-            attempts[k] = tries
         if deadline is not None and clock() >= deadline:
             break
     return ItemResults(values, errors, attempts, durations)
+
+
+def _retry(
+    fn: Callable[..., Any], args: Any, kw: Any, retries: int, first: Exception
+) -> tuple[Any, int, str | None]:
+    """Retry a failed item; returns (result, attempts, error message or None)."""
+    err: BaseException = first
+    tries = 1
+    while tries <= retries:
+        tries += 1
+        try:
+            return fn(*args, **kw), tries, None
+        except Exception as e:
+            err = e
+    return None, tries, format_exception(err)
 
 
 # --------------------------------------------------------------------------- results → Arrow
@@ -229,18 +254,25 @@ def result_columns(
     partition's columns agree so the dataset reads as one table.
     """
     values, errors = res.values, res.errors
-    ok = [k for k in range(len(values)) if k not in errors]
-    dict_mode = (
-        any(isinstance(values[k], dict) for k in ok)
-        if schema is None
-        else schema.names != ["result"]
-    )
+    ok = [k for k in range(len(values)) if k not in errors] if errors else range(len(values))
+    if schema is None:
+        first = next((values[k] for k in ok if values[k] is not None), None)
+        dict_mode = isinstance(first, dict)
+    else:
+        dict_mode = schema.names != ["result"]
     if not dict_mode:
         typ = schema.field("result").type if schema is not None else None
-        col = _to_array(
-            [None if k in errors else values[k] for k in range(len(values))], typ, errors, "result"
+        column = (
+            [None if k in errors else v for k, v in enumerate(values)] if errors else list(values)
         )
-        return {"result": col}
+        if schema is None:
+            for k, v in enumerate(column):
+                if isinstance(v, dict):
+                    errors[k] = (
+                        "result is a dict, but other items returned a scalar; return one shape"
+                    )
+                    column[k] = None
+        return {"result": _to_array(column, typ, errors, "result")}
 
     keys: list[str] = list(schema.names) if schema is not None else []
     for k in ok:

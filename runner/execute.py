@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import __version__, config
 from .calls import RESERVED, Command, result_columns, run_items
@@ -124,19 +125,19 @@ def run_partition(
     schema = ctx.schema()
     cols = result_columns(res, (*params.column_names, *RESERVED), schema)
     errors = res.errors
-    status = np.full(n, "ok", dtype=object)
-    error_msgs: list[str | None] = [None] * n
+    failed = np.zeros(n, dtype=bool)
+    failed[list(errors)] = True
     attempts = np.ones(n, dtype=np.int32)
-    for k, msg in errors.items():
-        status[k] = "error"
-        error_msgs[k] = msg
-    for k, a in res.attempts.items():
-        attempts[k] = a
+    if res.attempts:
+        attempts[list(res.attempts)] = list(res.attempts.values())
     arrays = dict(zip(params.column_names, params.columns, strict=True))
     arrays["item"] = pa.array(items)
     arrays.update(cols)
-    arrays["status"] = pa.array(status, type=pa.string())
-    arrays["error"] = pa.array(error_msgs, type=pa.string())
+    arrays["status"] = pc.if_else(pa.array(failed), "error", "ok")
+    if errors:
+        arrays["error"] = pa.array([errors.get(k) for k in range(n)], type=pa.string())
+    else:
+        arrays["error"] = pa.nulls(n, pa.string())
     arrays["attempts"] = pa.array(attempts)
     arrays["duration_s"] = pa.array(np.asarray(res.durations, dtype=np.float64))
     table = pa.table(arrays)

@@ -69,7 +69,9 @@ def dask_cluster(s3_server: str) -> Iterator[object]:
     from distributed import LocalCluster
 
     sys.path.insert(0, str(ROOT))
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    )
     try:
         yield cluster
     finally:

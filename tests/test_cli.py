@@ -23,7 +23,9 @@ SWEEP = str(Path(sys.executable).parent / "sweep")
 
 
 def sweep(*args, env, timeout=120, cwd=ROOT):
-    return subprocess.run([SWEEP, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        [SWEEP, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd
+    )
 
 
 def write_spec(path: Path, **fields) -> Path:
@@ -51,7 +53,17 @@ def test_run_json_summary_and_results(tmp_path, cli_env, dask_cluster):
     s = json.loads(r.stdout)
     assert s["complete"] and s["ok"] == 20 and s["describe"]["result"]["count"] == 20
     csv, png = tmp_path / "r.csv", tmp_path / "r.png"
-    r = sweep("results", tmp_path / "out", "--csv", csv, "--plot", png, "--where", "result > 5", env=cli_env)
+    r = sweep(
+        "results",
+        tmp_path / "out",
+        "--csv",
+        csv,
+        "--plot",
+        png,
+        "--where",
+        "result > 5",
+        env=cli_env,
+    )
     assert r.returncode == 0, r.stderr
     df = pd.read_csv(csv)
     assert len(df) == 9 and (df["result"] > 5).all()
@@ -74,8 +86,15 @@ def test_plan_and_validate(tmp_path, cli_env, dask_cluster):
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"params": {"grid": {"a": [1]}, "random": {"n": 3, "columns": {"x": {"uniform": [0, 1]}}}}},
-         "params: give exactly one parameter source"),
+        (
+            {
+                "params": {
+                    "grid": {"a": [1]},
+                    "random": {"n": 3, "columns": {"x": {"uniform": [0, 1]}}},
+                }
+            },
+            "params: give exactly one parameter source",
+        ),
         ({"paramz": {}}, "paramz: unknown field"),
         ({"retries": "lots"}, "retries: Input should be a valid integer"),
         ({"output": "nosuchproto://bucket/x"}, "output: unknown storage protocol"),
@@ -120,11 +139,13 @@ def test_budget_exceeded_exit_1_and_changed_spec_exit_2(tmp_path, cli_env, dask_
     assert "max_failures allows 0" in r.stderr and "failed" in r.stdout
     assert not (tmp_path / "out" / "_SUCCESS").exists()
     r = sweep("results", tmp_path / "out", env=cli_env)
-    assert "ValueError: odd a=" in r.stdout and "incomplete" in r.stdout or "failed" in r.stdout
+    assert ("ValueError: odd a=" in r.stdout and "incomplete" in r.stdout) or "failed" in r.stdout
     spec2 = write_spec(tmp_path / "s.yaml", function="tests.funcs:add")
     r = sweep("run", spec2, "--scheduler", dask_cluster.scheduler_address, env=cli_env)
     assert r.returncode == 2 and "holds a different sweep" in r.stderr and "--overwrite" in r.stderr
-    r = sweep("run", spec2, "--scheduler", dask_cluster.scheduler_address, "--overwrite", env=cli_env)
+    r = sweep(
+        "run", spec2, "--scheduler", dask_cluster.scheduler_address, "--overwrite", env=cli_env
+    )
     assert r.returncode == 0 and (tmp_path / "out" / "_SUCCESS").exists()
 
 
@@ -155,8 +176,15 @@ def test_kill_mid_run_then_resume_gives_identical_results(tmp_path, cli_env, sig
     spec = _slow_spec(tmp_path)
     out = tmp_path / "out"
     env = dict(cli_env, SWEEP_TEST_SLEEP="0.02")
-    proc = subprocess.Popen([SWEEP, "run", str(spec), "--workers", "2"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [SWEEP, "run", str(spec), "--workers", "2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 4, 90, "some partitions")
         if sig == signal.SIGKILL:
@@ -184,7 +212,14 @@ def test_kill_mid_run_then_resume_gives_identical_results(tmp_path, cli_env, sig
 
 @pytest.mark.slow
 def test_embedded_local_default_runs_the_example(tmp_path, cli_env):
-    r = sweep("run", ROOT / "examples" / "montecarlo.yaml", "--output", tmp_path / "mc", "--json", env=cli_env)
+    r = sweep(
+        "run",
+        ROOT / "examples" / "montecarlo.yaml",
+        "--output",
+        tmp_path / "mc",
+        "--json",
+        env=cli_env,
+    )
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout.strip().splitlines()[-1])
     assert s["ok"] == 1000 and s["dashboard"].startswith("http://")
@@ -194,12 +229,22 @@ def test_embedded_local_default_runs_the_example(tmp_path, cli_env):
 
 
 def test_python_file_function_reference(tmp_path, cli_env, dask_cluster):
-    (tmp_path / "model.py").write_text(textwrap.dedent("""
+    (tmp_path / "model.py").write_text(
+        textwrap.dedent("""
         def energy(a, b):
             return {"e": a * a - b}
-    """))
+    """)
+    )
     spec = write_spec(tmp_path / "s.yaml", function="model.py:energy")
-    r = sweep("run", spec, "--scheduler", dask_cluster.scheduler_address, "--json", env=cli_env, cwd=tmp_path.parent)
+    r = sweep(
+        "run",
+        spec,
+        "--scheduler",
+        dask_cluster.scheduler_address,
+        "--json",
+        env=cli_env,
+        cwd=tmp_path.parent,
+    )
     assert r.returncode == 0, r.stderr
     df = runner.load_results(str(tmp_path / "out"))
     np.testing.assert_allclose(df["e"], df["a"] ** 2 - df["b"])

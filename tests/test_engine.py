@@ -42,7 +42,16 @@ def test_kwargs_call_writes_the_output_contract(client, tmp_path):
     parts = [f for f in files if f.startswith("part-")]
     assert len(parts) == report.partitions == 7  # head probe of 3 (explicit size), then 3 each
     df = pd.read_parquet(out).sort_values("item")
-    assert list(df.columns) == ["a", "b", "item", "result", "status", "error", "attempts", "duration_s"]
+    assert list(df.columns) == [
+        "a",
+        "b",
+        "item",
+        "result",
+        "status",
+        "error",
+        "attempts",
+        "duration_s",
+    ]
     a, b = expected_grid()
     np.testing.assert_array_equal(df["item"], np.arange(20))
     np.testing.assert_allclose(df["result"], a + b)
@@ -59,7 +68,9 @@ def test_row_call_and_duckdb_reads_output(client, tmp_path):
 
     out = tmp_path / "out"
     run(client, out, function="tests.funcs:row_sum", call="row")
-    rel = duckdb.sql(f"select count(*), sum(result), count(distinct item) from read_parquet('{out}/*.parquet')")
+    rel = duckdb.sql(
+        f"select count(*), sum(result), count(distinct item) from read_parquet('{out}/*.parquet')"
+    )
     ((n, total, distinct),) = rel.fetchall()
     a, b = expected_grid()
     assert n == distinct == 20 and total == pytest.approx((a + b).sum())
@@ -80,7 +91,8 @@ def test_dict_results_become_columns_and_numpy_scalars_work(client, tmp_path):
 def test_command_call(client, tmp_path):
     out = tmp_path / "cmd"
     report = run(
-        client, out,
+        client,
+        out,
         function=["python3", "examples/command/simulate.py", "--a", "{a}", "--b", "{b}"],
         params={"grid": {"a": [-1.0, 0.5, 2.0], "b": [0.0, 1.0]}},
         max_failures=2,
@@ -96,8 +108,12 @@ def test_command_call(client, tmp_path):
 
 def test_command_failures_count_against_the_budget(client, tmp_path):
     with pytest.raises(FailureBudgetExceeded) as ei:
-        run(client, tmp_path / "c", function=["python3", "examples/command/simulate.py", "--a", "{a}", "--b", "{b}"],
-            params={"grid": {"a": [-1.0, 1.0], "b": [0.0]}})
+        run(
+            client,
+            tmp_path / "c",
+            function=["python3", "examples/command/simulate.py", "--a", "{a}", "--b", "{b}"],
+            params={"grid": {"a": [-1.0, 1.0], "b": [0.0]}},
+        )
     assert ei.value.report.errors == 1 and ei.value.exit_code == 1
 
 
@@ -135,7 +151,12 @@ def test_retries_recover_transient_errors(client, tmp_path):
     df = runner.load_results(str(out))
     assert (df["attempts"] == 2).all()
     with pytest.raises(FailureBudgetExceeded):
-        run(client, tmp_path / "r0", function="tests.funcs:flaky", params={"grid": {"a": [100, 101], "b": [0]}})
+        run(
+            client,
+            tmp_path / "r0",
+            function="tests.funcs:flaky",
+            params={"grid": {"a": [100, 101], "b": [0]}},
+        )
 
 
 def test_unstorable_result_is_an_item_error(client, tmp_path):
@@ -150,7 +171,14 @@ def test_unstorable_result_is_an_item_error(client, tmp_path):
 def test_seed_and_rng_are_deterministic_and_per_item(client, tmp_path):
     params = {"random": {"n": 300, "seed": 3, "columns": {"a": {"uniform": [0, 1]}}}}
     r1 = run(client, tmp_path / "s1", function="tests.funcs:with_seed", params=params, seed=11)
-    r2 = run(client, tmp_path / "s2", function="tests.funcs:with_seed", params=params, seed=11, partition_size=7)
+    r2 = run(
+        client,
+        tmp_path / "s2",
+        function="tests.funcs:with_seed",
+        params=params,
+        seed=11,
+        partition_size=7,
+    )
     d1, d2 = runner.load_results(str(tmp_path / "s1")), runner.load_results(str(tmp_path / "s2"))
     assert r1.partitions != r2.partitions
     np.testing.assert_array_equal(d1["result"], d2["result"])
@@ -161,7 +189,8 @@ def test_seed_and_rng_are_deterministic_and_per_item(client, tmp_path):
     run(client, tmp_path / "g1", function="tests.funcs:with_rng", params=params)
     run(client, tmp_path / "g2", function="tests.funcs:with_rng", params=params, partition_size=50)
     np.testing.assert_array_equal(
-        runner.load_results(str(tmp_path / "g1"))["result"], runner.load_results(str(tmp_path / "g2"))["result"]
+        runner.load_results(str(tmp_path / "g1"))["result"],
+        runner.load_results(str(tmp_path / "g2"))["result"],
     )
 
 
@@ -175,7 +204,9 @@ def test_resume_runs_only_missing_partitions(client, tmp_path):
     second = run(client, out, partition_size=3)
     assert second.partitions_run == 2 and second.items_run == 6 and second.status == "succeeded"
     after = runner.load_results(str(out))
-    pd.testing.assert_frame_equal(before.drop(columns="duration_s"), after.drop(columns="duration_s"))
+    pd.testing.assert_frame_equal(
+        before.drop(columns="duration_s"), after.drop(columns="duration_s")
+    )
     assert after["item"].is_unique and len(after) == first.items
     third = run(client, out, partition_size=3)
     assert third.partitions_run == 0 and (out / "_SUCCESS").exists()
@@ -185,7 +216,13 @@ def test_resume_runs_only_missing_partitions(client, tmp_path):
 
 def test_resume_with_auto_size_keeps_the_recorded_layout(client, tmp_path):
     out = tmp_path / "auto"
-    params = {"random": {"n": 5000, "seed": 1, "columns": {"a": {"uniform": [0, 1]}, "b": {"normal": [0, 1]}}}}
+    params = {
+        "random": {
+            "n": 5000,
+            "seed": 1,
+            "columns": {"a": {"uniform": [0, 1]}, "b": {"normal": [0, 1]}},
+        }
+    }
     with dask.config.set({"sweep.probe.max-items": 500}):
         first = run(client, out, params=params)
     assert first.partitions >= 2
@@ -201,7 +238,7 @@ def test_resume_with_auto_size_keeps_the_recorded_layout(client, tmp_path):
 def test_changed_spec_is_refused_unless_overwrite(client, tmp_path):
     out = tmp_path / "x"
     run(client, out)
-    with pytest.raises(OutputConflictError, match="holds a different sweep.*--overwrite"):
+    with pytest.raises(OutputConflictError, match=r"holds a different sweep.*--overwrite"):
         run(client, out, function="tests.funcs:stats")
     with pytest.raises(OutputConflictError):
         run(client, out, seed=99)
@@ -258,7 +295,9 @@ def test_s3_round_trip_dataset_in_results_out(client, s3):
     assert len(pd.read_parquet(out)) == 50
     # resume on S3
     fs.rm(f"{out}/part-00003.parquet")
-    assert run(client, out, params={"dataset": f"{s3}/params/"}, partition_size=8).partitions_run == 1
+    assert (
+        run(client, out, params={"dataset": f"{s3}/params/"}, partition_size=8).partitions_run == 1
+    )
 
 
 def test_dataset_formats_csv_and_jsonl(client, tmp_path):
@@ -292,8 +331,10 @@ def test_bad_sources_are_clear(client, tmp_path):
 
 
 def test_api_dataframe_like_the_dask_example(client, tmp_path):
-    input_params = pd.DataFrame(np.random.default_rng(0).random(size=(1000, 4)),
-                                columns=["param_a", "param_b", "param_c", "param_d"])
+    input_params = pd.DataFrame(
+        np.random.default_rng(0).random(size=(1000, 4)),
+        columns=["param_a", "param_b", "param_c", "param_d"],
+    )
 
     def costly_simulation(list_param):  # defined here, shipped by cloudpickle
         return sum(list_param)
@@ -306,11 +347,16 @@ def test_api_dataframe_like_the_dask_example(client, tmp_path):
     np.testing.assert_allclose(df[["param_a", "param_b"]], input_params[["param_a", "param_b"]])
     assert len(list((tmp_path / "api" / "_params").iterdir())) == 1
     # the same call resumes (nothing to do); a different frame or edited function is refused
-    assert runner.sweep(costly_simulation, input_params, output=out, call="row", client=client).partitions_run == 0
+    assert (
+        runner.sweep(
+            costly_simulation, input_params, output=out, call="row", client=client
+        ).partitions_run
+        == 0
+    )
     with pytest.raises(OutputConflictError):
         runner.sweep(costly_simulation, input_params * 2, output=out, call="row", client=client)
 
-    def costly_simulation(list_param):  # noqa: F811 - an edited function
+    def costly_simulation(list_param):
         return sum(list_param) * 2
 
     with pytest.raises(OutputConflictError):

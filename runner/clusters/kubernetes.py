@@ -1,0 +1,599 @@
+"""A Dask cluster on Kubernetes through the Dask operator, sized to the sweep.
+
+The provider builds a ``DaskCluster`` from pod templates (:mod:`runner.kube.cluster_spec`),
+starts it with ``dask_kubernetes.operator.KubeCluster(custom_cluster_spec=...)``, and
+then follows the sweep: each time partitions finish, the most workers the rest of
+the sweep can use, ``ScalingPolicy.workers(remaining)``, becomes the autoscaler's
+maximum (``cluster.adapt``), so the tail does not hold idle workers. :meth:`stop`
+scales to zero and deletes the cluster whatever happened.
+
+It talks to whatever Kubernetes API the environment points at (``KUBECONFIG``, the
+current kubeconfig context, or the in-cluster service account), like ``kubectl``.
+
+Inside the runner Job these environment variables refine it (the manifests set them):
+``SWEEP_INSTANCE`` (label of the sweep's objects), ``SWEEP_IMAGE`` (default image of
+the scheduler and workers), ``SWEEP_POD_NAME``/``SWEEP_POD_UID`` (the runner pod, made
+owner of the DaskCluster so Kubernetes deletes it even if the runner is killed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..exceptions import InfrastructureError, SpecError
+from ..kube import cluster_spec as cs
+from ..policy import ScalingPolicy
+from ..spec import ClusterSpec
+from .base import ClusterProvider
+
+log = logging.getLogger("runner.kubernetes")
+
+OPERATOR_HINT = (
+    "install the Dask operator once per cluster: helm repo add dask https://helm.dask.org &&"
+    " helm install --create-namespace -n dask-operator dask-operator dask/dask-kubernetes-operator"
+    " (the chart also ships inside dask-kubernetes: dask_kubernetes/operator/deployment/helm/"
+    "dask-kubernetes-operator)"
+)
+PULL_ERRORS = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+)
+CONFIG_ERRORS = frozenset(
+    {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+)
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+@dataclass
+class Autoscale:
+    """When to call ``cluster.adapt``: the policy's bounds, debounced (pure).
+
+    ``next(remaining)`` returns the ``(minimum, maximum)`` to apply, or ``None`` when
+    it equals what was applied last; ``applied(target)`` records a successful call.
+    """
+
+    policy: ScalingPolicy
+    last: tuple[int, int] | None = None
+
+    def next(self, remaining_partitions: int) -> tuple[int, int] | None:
+        target = (self.policy.minimum, self.policy.workers(remaining_partitions))
+        return None if target == self.last else target
+
+    def applied(self, target: tuple[int, int]) -> None:
+        self.last = target
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A reason the Dask cluster cannot come up, found in its pods' status."""
+
+    kind: str  # image | config | crashloop | unschedulable
+    pod: str
+    message: str
+    fatal: bool = True
+
+
+def diagnose(pods: list[Mapping[str, Any]], crashloop_restarts: int = 2) -> list[Problem]:
+    """Find image pull errors, bad container config, crash loops and unschedulable pods (pure).
+
+    Parameters
+    ----------
+    pods
+        Pod objects as plain dicts (``metadata``, ``spec``, ``status``).
+    crashloop_restarts
+        Restarts after which a ``CrashLoopBackOff`` counts as fatal.
+
+    Returns
+    -------
+    list of Problem
+        Fatal problems first; ``unschedulable`` ones are not fatal (a node autoscaler
+        may still add capacity) but explain a startup timeout.
+    """
+    found: list[Problem] = []
+    for pod in pods:
+        name = (pod.get("metadata") or {}).get("name", "?")
+        status = pod.get("status") or {}
+        images = {
+            c.get("name"): c.get("image") for c in (pod.get("spec") or {}).get("containers", [])
+        }
+        for cst in (status.get("containerStatuses") or []) + (
+            status.get("initContainerStatuses") or []
+        ):
+            waiting = (cst.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason") or ""
+            detail = (waiting.get("message") or "").strip().splitlines()
+            detail_text = f": {detail[0][:300]}" if detail else ""
+            image = cst.get("image") or images.get(cst.get("name")) or "?"
+            if reason in PULL_ERRORS:
+                found.append(
+                    Problem(
+                        "image",
+                        name,
+                        f"cannot pull image {image!r} for pod {name} ({reason}{detail_text});"
+                        " check cluster.kubernetes.image / --image, that the image was pushed,"
+                        " and imagePullSecrets in the pod template",
+                    )
+                )
+            elif reason in CONFIG_ERRORS:
+                found.append(
+                    Problem(
+                        "config",
+                        name,
+                        f"pod {name} cannot start its container ({reason}{detail_text});"
+                        " check that the Secret/ConfigMap it references exists in the namespace",
+                    )
+                )
+            elif (
+                reason == "CrashLoopBackOff"
+                and int(cst.get("restartCount") or 0) >= crashloop_restarts
+            ):
+                found.append(
+                    Problem(
+                        "crashloop",
+                        name,
+                        f"pod {name} is crash-looping ({cst.get('restartCount')} restarts)",
+                    )
+                )
+        for cond in status.get("conditions") or []:
+            if (
+                cond.get("type") == "PodScheduled"
+                and cond.get("status") == "False"
+                and cond.get("reason") == "Unschedulable"
+            ):
+                found.append(
+                    Problem(
+                        "unschedulable",
+                        name,
+                        f"pod {name} cannot be scheduled: {(cond.get('message') or '')[:300]};"
+                        " lower the resources in the pod template or add nodes",
+                        fatal=False,
+                    )
+                )
+    found.sort(key=lambda p: not p.fatal)
+    return found
+
+
+def one_line(lines: list[str], limit: int = 800) -> str:
+    """Join log lines into one ``a | b | c`` line of at most ``limit`` characters."""
+    text = " | ".join(line.strip() for line in lines if line.strip())
+    return text if len(text) <= limit else "…" + text[-limit:]
+
+
+def owner_reference(env: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """The runner pod as owner of the DaskCluster, from ``SWEEP_POD_NAME``/``SWEEP_POD_UID``."""
+    env = os.environ if env is None else env
+    name, uid = env.get("SWEEP_POD_NAME"), env.get("SWEEP_POD_UID")
+    if not name or not uid:
+        return None
+    return {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}
+
+
+# --------------------------------------------------------------------------- provider
+
+
+@dataclass
+class _State:
+    kube_cluster: Any = None
+    loop_runner: Any = None
+    cluster_name: str | None = None
+    namespace: str | None = None
+    last_status: dict[str, str] = field(default_factory=dict)
+    last_problems: list[Problem] = field(default_factory=list)
+
+
+class KubernetesProvider(ClusterProvider):
+    """Dask on Kubernetes via the Dask operator, autoscaled to the sweep.
+
+    Parameters
+    ----------
+    cluster
+        The spec's ``cluster`` section (``kind: kubernetes``); its ``kubernetes`` part
+        gives templates, image, bounds and secrets.
+    name
+        The sweep's name (names and labels the DaskCluster). Default: ``SWEEP_INSTANCE``
+        or ``"sweep"``.
+    base_dir
+        Folder relative template paths start in (the spec's folder).
+    namespace
+        Overrides ``cluster.kubernetes.namespace``; default: the kubeconfig context's
+        namespace or, in a pod, the pod's own.
+    idle_timeout
+        Seconds after which the operator deletes the cluster if its scheduler is idle
+        (a safety net against leaks; default 1800).
+    resource_timeout
+        Seconds the operator may take to action the DaskCluster (default 60).
+    """
+
+    name = "kubernetes"
+
+    def __init__(self, cluster: ClusterSpec, **options: Any) -> None:
+        self.spec = cluster
+        self.kube = cluster.kubernetes
+        self.sweep_name: str = options.get("name") or os.environ.get("SWEEP_INSTANCE") or "sweep"
+        self.instance: str = os.environ.get("SWEEP_INSTANCE") or self.sweep_name
+        self.base_dir: str | None = options.get("base_dir")
+        self.namespace: str | None = options.get("namespace") or self.kube.namespace
+        self.idle_timeout = int(options.get("idle_timeout", 1800))
+        self.resource_timeout = int(options.get("resource_timeout", 60))
+        self.startup_timeout = float(options.get("startup_timeout", self.kube.startup_timeout))
+        self.default_image = os.environ.get("SWEEP_IMAGE") or cs.DEFAULT_IMAGE
+        self.policy = ScalingPolicy(
+            self.kube.min_workers, self.kube.max_workers, self.kube.partitions_per_worker
+        )
+        self.autoscale = Autoscale(self.policy)
+        self.client = None
+        self._state = _State()
+
+    # ------------------------------------------------------------------ pure parts
+
+    def cluster_resource(self, token: str | None = None) -> dict[str, Any]:
+        """The DaskCluster this provider would create (reads the templates, contacts nothing)."""
+        worker = cs.load_pod_template(self.kube.worker_template, "worker", self.base_dir)
+        scheduler = cs.load_pod_template(self.kube.scheduler_template, "scheduler", self.base_dir)
+        bad = cs.literal_secrets(worker, "worker_template") + cs.literal_secrets(
+            scheduler, "scheduler_template"
+        )
+        if bad:
+            raise SpecError(
+                f"cluster.kubernetes: literal credentials in {', '.join(bad)}; put them in a"
+                " Secret and use env valueFrom.secretKeyRef or cluster.kubernetes.env_from_secret"
+            )
+        name = cs.cluster_name(self.sweep_name, token or secrets.token_hex(3))
+        return cs.build_cluster_spec(
+            name,
+            self.kube,
+            worker_template=worker,
+            scheduler_template=scheduler,
+            default_image=self.default_image,
+            labels=cs.sweep_labels(self.instance, "dask-cluster"),
+            owner=owner_reference(),
+            idle_timeout=self.idle_timeout,
+        )
+
+    def workers_hint(self) -> int:
+        """The sweep is sized for ``max_workers``: the autoscaler provides them as needed."""
+        return self.kube.max_workers
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> Any:
+        try:
+            import dask_kubernetes.operator  # noqa: F401
+            from distributed import Client
+            from distributed.utils import LoopRunner
+        except ImportError as e:
+            raise InfrastructureError(
+                f"Kubernetes support is not installed ({e}); pip install 'sweep-runner[kubernetes]'"
+            ) from e
+        resource = self.cluster_resource()
+        st = self._state
+        st.cluster_name = resource["metadata"]["name"]
+        st.loop_runner = LoopRunner(asynchronous=False)
+        st.loop_runner.start()
+        worker_pod = resource["spec"]["worker"]["spec"]
+        image = worker_pod["containers"][cs.dask_container_index(worker_pod, "worker")]["image"]
+        self._say(
+            f"creating DaskCluster {st.cluster_name} (workers {self.kube.min_workers}"
+            f"..{self.kube.max_workers}, image {image})"
+        )
+        self._sync(self._astart, resource, timeout=self.startup_timeout + 120)
+        kc = st.kube_cluster
+        try:
+            return Client(kc.scheduler_address, timeout=60)
+        except (OSError, TimeoutError) as e:
+            raise InfrastructureError(
+                f"cannot connect to the Dask scheduler of {st.cluster_name} at"
+                f" {kc.scheduler_address} ({e}); check network policies between the runner"
+                " and the scheduler Service"
+            ) from e
+
+    def on_remaining(self, remaining_partitions: int) -> None:
+        """Re-bound the operator's autoscaler to what the rest of the sweep can use."""
+        kc = self._state.kube_cluster
+        target = self.autoscale.next(remaining_partitions)
+        if kc is None or target is None:
+            return
+        lo, hi = target
+
+        async def adapt() -> None:
+            await kc.adapt(minimum=lo, maximum=hi)
+
+        try:
+            self._sync(adapt, timeout=60)
+        except Exception as e:  # keep running: the next change retries
+            log.warning("could not set the autoscaler to %s..%s workers: %s", lo, hi, e)
+            return
+        self.autoscale.applied(target)
+        log.info("autoscaler: %s..%s workers for %s partitions left", lo, hi, remaining_partitions)
+
+    def stop(self) -> None:
+        """Close the client, scale to zero, delete the DaskCluster; never raises for cleanup."""
+        st = self._state
+        interrupted: BaseException | None = None
+        try:
+            if self.client is not None:
+                try:
+                    self.client.close(timeout=10)
+                except Exception as e:
+                    log.debug("closing the client: %s", e)
+                self.client = None
+            if st.loop_runner is not None and st.cluster_name is not None:
+                try:
+                    self._sync(self._ateardown, timeout=180)
+                except KeyboardInterrupt as e:  # a second signal: delete without waiting
+                    interrupted = e
+                    self._sync_quiet(self._adelete, timeout=30)
+                except Exception as e:
+                    log.warning("cleanup of DaskCluster %s: %s", st.cluster_name, e)
+                    self._sync_quiet(self._adelete, timeout=30)
+        finally:
+            if st.loop_runner is not None:
+                try:
+                    st.loop_runner.stop()
+                except Exception as e:
+                    log.debug("stopping the event loop: %s", e)
+                st.loop_runner = None
+            st.kube_cluster = None
+        if interrupted is not None:
+            raise interrupted
+
+    @property
+    def dashboard_link(self) -> str | None:
+        kc = self._state.kube_cluster
+        try:
+            return kc.dashboard_link if kc is not None else None
+        except Exception:
+            return None
+
+    # ------------------------------------------------------------------ async internals
+
+    def _sync(self, fn: Any, *args: Any, timeout: float | None = None) -> Any:
+        from distributed.utils import sync
+
+        return sync(self._state.loop_runner.loop, fn, *args, callback_timeout=timeout)
+
+    def _sync_quiet(self, fn: Any, timeout: float) -> None:
+        try:
+            self._sync(fn, timeout=timeout)
+        except BaseException as e:  # cleanup must not raise
+            st = self._state
+            self._say(
+                f"warning: could not delete DaskCluster {st.cluster_name} ({e}); delete it with:"
+                f" kubectl delete daskcluster {st.cluster_name} -n {st.namespace or '<namespace>'}"
+            )
+
+    async def _astart(self, resource: dict[str, Any]) -> None:
+        import kr8s
+        from dask_kubernetes.operator import KubeCluster
+        from tornado.ioloop import IOLoop
+
+        st = self._state
+        try:
+            api = await kr8s.asyncio.api()
+        except Exception as e:
+            raise InfrastructureError(
+                f"no Kubernetes API configuration ({type(e).__name__}: {e}); set KUBECONFIG,"
+                " choose a context with `kubectl config use-context`, or run inside a pod"
+            ) from e
+        st.namespace = self.namespace or api.namespace
+        await self._preflight(st.namespace)
+        deadline = time.monotonic() + self.startup_timeout
+        kc = KubeCluster(
+            custom_cluster_spec=resource,
+            namespace=st.namespace,
+            shutdown_on_close=True,
+            resource_timeout=self.resource_timeout,
+            quiet=True,
+            asynchronous=True,
+            loop=IOLoop.current(),
+        )
+        st.kube_cluster = kc
+
+        async def create() -> None:
+            await kc
+            self._say(f"scheduler of {st.cluster_name} ready; waiting for a first worker")
+            while not await self._worker_count(kc):
+                await asyncio.sleep(1)
+
+        starting = asyncio.ensure_future(create())
+        watching = asyncio.ensure_future(self._watch(st.cluster_name or "", st.namespace, deadline))
+        try:
+            done, _ = await asyncio.wait(
+                {starting, watching},
+                timeout=max(1.0, deadline - time.monotonic()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if starting in done:
+                starting.result()
+                return
+            if watching in done:
+                watching.result()  # raises the diagnosed problem
+            raise InfrastructureError(self._timeout_message())
+        except InfrastructureError:
+            raise
+        except Exception as e:
+            raise self._map_start_error(e) from e
+        finally:
+            for task in (starting, watching):
+                task.cancel()
+            await asyncio.gather(starting, watching, return_exceptions=True)
+
+    async def _preflight(self, namespace: str) -> None:
+        """List DaskClusters: a 404 means the CRDs are missing, 403 missing RBAC."""
+        from dask_kubernetes.operator._objects import DaskCluster
+
+        try:
+            async for _ in DaskCluster.list(namespace=namespace):
+                break
+        except Exception as e:
+            code = _status_code(e)
+            if code == 404:
+                raise InfrastructureError(
+                    "the DaskCluster custom resource is not installed in this Kubernetes"
+                    f" cluster; {OPERATOR_HINT}"
+                ) from e
+            if code in (401, 403):
+                raise InfrastructureError(
+                    f"not allowed to manage DaskClusters in namespace {namespace!r} (HTTP {code});"
+                    " run with the service account and Role from `sweep manifest` / the Helm chart"
+                ) from e
+            raise InfrastructureError(
+                f"cannot reach the Kubernetes API ({type(e).__name__}: {e}); check KUBECONFIG"
+                " and the current context (kubectl cluster-info)"
+            ) from e
+
+    async def _watch(self, name: str, namespace: str, deadline: float) -> None:
+        """Poll the cluster's pods; raise on image pull errors, bad config, crash loops."""
+        from kr8s.asyncio.objects import Pod
+
+        selector = f"dask.org/cluster-name={name}"
+        while time.monotonic() < deadline:
+            await asyncio.sleep(2)
+            try:
+                pods = [p async for p in Pod.list(namespace=namespace, label_selector=selector)]
+            except Exception as e:
+                log.debug("listing pods of %s: %s", name, e)
+                continue
+            raws = [dict(p.raw) for p in pods]
+            self._state.last_status = {
+                r["metadata"]["name"]: (r.get("status") or {}).get("phase", "?") for r in raws
+            }
+            problems = diagnose(raws)
+            self._state.last_problems = problems
+            fatal = [p for p in problems if p.fatal]
+            if not fatal:
+                continue
+            problem = fatal[0]
+            message = problem.message
+            if problem.kind == "crashloop":
+                pod = next(p for p in pods if p.name == problem.pod)
+                tail = await _log_tail(pod)
+                role = "scheduler" if "scheduler" in problem.pod else "worker"
+                message = f"the Dask {role} {message}; last log lines: {tail or '(none)'}"
+            raise InfrastructureError(message)
+
+    def _timeout_message(self) -> str:
+        st = self._state
+        problems = st.last_problems
+        pods = ", ".join(f"{k}: {v}" for k, v in st.last_status.items()) or "no pods yet"
+        hint = (
+            problems[0].message
+            if problems
+            else (
+                "is the Dask operator running? (kubectl get pods -A -l app.kubernetes.io/name="
+                "dask-kubernetes-operator)"
+            )
+        )
+        return (
+            f"the Dask cluster {st.cluster_name} did not start within {self.startup_timeout:.0f}s"
+            f" ({pods}); {hint}; raise cluster.kubernetes.startup_timeout if nodes are slow to come"
+        )
+
+    def _map_start_error(self, e: BaseException) -> InfrastructureError:
+        from dask_kubernetes.exceptions import SchedulerStartupError
+
+        text = str(e)
+        if isinstance(e, SchedulerStartupError):
+            lines = [str(a) for a in e.args[2:]] if len(e.args) > 2 else []
+            return InfrastructureError(
+                f"the Dask scheduler pod of {self._state.cluster_name} is crash-looping;"
+                f" last log lines: {one_line(' '.join(lines).splitlines()) or '(none)'}"
+            )
+        if "Custom Resource Definitions" in text or _status_code(e) == 404:
+            return InfrastructureError(
+                f"the DaskCluster custom resource is missing; {OPERATOR_HINT}"
+            )
+        if "not actioned" in text or "Dask Operator running" in text:
+            return InfrastructureError(
+                f"the Dask operator did not action DaskCluster {self._state.cluster_name} within"
+                f" {self.resource_timeout}s; check that it runs: kubectl get pods -A -l"
+                f" app.kubernetes.io/name=dask-kubernetes-operator (or {OPERATOR_HINT})"
+            )
+        return InfrastructureError(
+            f"starting the Dask cluster {self._state.cluster_name} failed: {type(e).__name__}: {e}"
+        )
+
+    @staticmethod
+    async def _worker_count(kc: Any) -> int:
+        try:
+            info = await kc.scheduler_comm.identity()
+        except Exception:
+            return 0
+        return len(info.get("workers", {}))
+
+    async def _ateardown(self) -> None:
+        """Scale the workers to zero (graceful), then delete the DaskCluster and wait for it."""
+        kc = self._state.kube_cluster
+        if kc is None:
+            await self._adelete()
+            return
+        try:
+            await asyncio.wait_for(kc.scale(0), 30)
+        except Exception as e:
+            log.debug("scaling %s to zero: %s", self._state.cluster_name, e)
+        try:
+            await asyncio.wait_for(kc.close(timeout=120), 150)
+        finally:
+            await self._adelete()
+        self._say(f"deleted DaskCluster {self._state.cluster_name}")
+
+    async def _adelete(self) -> None:
+        """Delete the DaskCluster by name (idempotent)."""
+        import kr8s
+        from dask_kubernetes.operator._objects import DaskCluster
+
+        st = self._state
+        if not st.cluster_name:
+            return
+        try:
+            cluster = await DaskCluster(
+                {
+                    "apiVersion": cs.API_VERSION,
+                    "kind": "DaskCluster",
+                    "metadata": {"name": st.cluster_name},
+                },
+                namespace=st.namespace,
+            )
+            await cluster.delete()
+        except kr8s.NotFoundError:
+            return
+        except Exception as e:
+            if _status_code(e) == 404:
+                return
+            raise
+
+    def _say(self, text: str) -> None:
+        print(f"{self.sweep_name}: {text}", file=sys.stderr, flush=True)
+
+
+def _status_code(e: BaseException) -> int | None:
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        response = getattr(cur, "response", None)
+        code = getattr(response, "status_code", None)
+        if isinstance(code, int):
+            return code
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+async def _log_tail(pod: Any, lines: int = 20) -> str:
+    for previous in (True, False):
+        try:
+            out = [line async for line in pod.logs(previous=previous, tail_lines=lines)]
+        except Exception:
+            continue
+        if out:
+            return one_line(out)
+    return ""

@@ -1,0 +1,240 @@
+"""Pure parts: policies, layout/resume diff, sources, seeds, spec hashing."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from runner.calls import ItemResults, item_seeds, result_columns, run_items
+from runner.exceptions import SpecError
+from runner.plan import Layout, todo
+from runner.policy import FailureBudget, PartitionSizing, ScalingPolicy
+from runner.sources import make_source
+from runner.spec import ParamsSpec, build_spec, load_spec
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def params(**kw):
+    return ParamsSpec.model_validate(kw)
+
+
+# ------------------------------------------------------------------ policies
+
+
+def test_partition_sizing_balances_time_and_workers():
+    p = PartitionSizing(target_seconds=10, min_partitions_per_worker=4, max_items=1_000_000)
+    assert p.size(10_000_000, 1e-6, 2) == 1_000_000  # zero-work: capped by memory bound
+    assert p.size(10_000, 1e-6, 2) == 1250  # enough partitions for every worker
+    assert p.size(10_000, 1.0, 2) == 10  # slow items: partitions of ~10 s
+    assert p.size(3, 60.0, 8) == 1
+    assert p.size(0, 1.0, 1) == 1
+
+
+def test_scaling_policy_follows_remaining_work():
+    s = ScalingPolicy(minimum=0, maximum=10, partitions_per_worker=2)
+    assert [s.workers(r) for r in (100, 20, 19, 3, 1, 0)] == [10, 10, 10, 2, 1, 0]
+    assert ScalingPolicy(1, 4, 1).workers(0) == 1
+    with pytest.raises(ValueError):
+        ScalingPolicy(5, 2)
+
+
+def test_failure_budget_counts_and_fractions():
+    assert FailureBudget(0).exceeded(1, 100)
+    assert not FailureBudget(3).exceeded(3, 100)
+    assert FailureBudget(0.01).allowed(1000) == 10 and FailureBudget(0.01).exceeded(11, 1000)
+
+
+# ------------------------------------------------------------------ plan
+
+
+def test_layout_covers_every_item_exactly_once():
+    for n, head, size in [(1, 1, 5), (10, 3, 3), (1000, 17, 100), (7, 7, 2)]:
+        layout = Layout(n, head, size)
+        descs = layout.descriptors()
+        covered = np.concatenate([np.arange(d.start, d.stop) for d in descs])
+        np.testing.assert_array_equal(covered, np.arange(n))
+        assert layout.partitions == len(descs) and Layout.from_dict(layout.to_dict()) == layout
+
+
+def test_todo_is_desired_minus_done():
+    layout = Layout(100, 10, 30)  # partitions: [0,10) [10,40) [40,70) [70,100)
+    assert [d.index for d in todo(layout, {0, 2})] == [1, 3]
+    assert todo(layout, range(4)) == []
+    with pytest.raises(ValueError):
+        Layout(10, 0, 3)
+
+
+# ------------------------------------------------------------------ sources
+
+
+def _full_and_pieces(src, cuts):
+    full = src.materialise(0, src.count())
+    bounds = [0, *cuts, src.count()]
+    pieces = pa.concat_tables([src.materialise(a, b) for a, b in itertools.pairwise(bounds)])
+    return full, pieces
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"grid": {"a": [1, 2, 3], "b": {"start": 0, "stop": 1, "num": 5}, "c": ["x", "y"]}},
+        {
+            "random": {
+                "n": 40000,
+                "seed": 5,
+                "columns": {
+                    "u": {"uniform": [0, 1]},
+                    "n": {"normal": [0, 2]},
+                    "l": {"loguniform": [1, 100]},
+                    "i": {"integers": [0, 5]},
+                    "c": {"choice": ["a", "b"]},
+                },
+            }
+        },
+        {"lhs": {"n": 1000, "seed": 2, "bounds": {"a": [0, 1], "b": [-5, 5]}}},
+        {"sobol": {"n": 1024, "seed": 2, "bounds": {"a": [0, 1], "b": [-5, 5]}}},
+    ],
+)
+def test_generated_sources_do_not_depend_on_partitioning(spec):
+    src = make_source(params(**spec), seed=0)
+    full, pieces = _full_and_pieces(src, [1, 7, src.count() // 2, src.count() - 3])
+    assert full.equals(pieces)
+    assert full.num_rows == src.count() and full.column_names == src.columns
+
+
+def test_grid_is_the_cartesian_product_in_c_order():
+    src = make_source(
+        params(grid={"a": [1, 2], "b": {"start": 1, "stop": 100, "num": 3, "log": True}})
+    )
+    t = src.materialise(0, 6).to_pydict()
+    assert t["a"] == [1, 1, 1, 2, 2, 2]
+    assert t["b"] == pytest.approx([1, 10, 100] * 2)
+
+
+def test_random_distributions_respect_their_bounds():
+    src = make_source(
+        params(
+            random={
+                "n": 20000,
+                "seed": 1,
+                "columns": {
+                    "u": {"uniform": [2, 3]},
+                    "i": {"integers": [0, 3]},
+                    "l": {"loguniform": [1, 1000]},
+                },
+            }
+        )
+    )
+    t = src.materialise(0, 20000).to_pandas()
+    assert t["u"].between(2, 3).all() and set(t["i"]) == {0, 1, 2}
+    assert (
+        t["l"].between(1, 1000).all() and 25 < np.median(t["l"]) < 40
+    )  # log-uniform median = sqrt(1000)
+
+
+def test_lhs_hits_every_stratum_once_per_dimension():
+    n = 200
+    src = make_source(params(lhs={"n": n, "seed": 3, "bounds": {"a": [0, 1], "b": [10, 20]}}))
+    t = src.materialise(0, n).to_pandas()
+    assert sorted(np.floor(t["a"] * n).astype(int)) == list(range(n))
+    assert sorted(np.floor((t["b"] - 10) / 10 * n).astype(int)) == list(range(n))
+
+
+def test_dataset_ranges_cross_file_and_row_group_boundaries(tmp_path):
+    import pyarrow.parquet as pq
+
+    df = pd.DataFrame({"a": np.arange(100), "s": [f"r{i}" for i in range(100)]})
+    (tmp_path / "d").mkdir()
+    pq.write_table(
+        pa.Table.from_pandas(df.iloc[:45], preserve_index=False),
+        tmp_path / "d" / "1.parquet",
+        row_group_size=10,
+    )
+    pq.write_table(
+        pa.Table.from_pandas(df.iloc[45:], preserve_index=False),
+        tmp_path / "d" / "2.parquet",
+        row_group_size=7,
+    )
+    (tmp_path / "d" / "_ignored.parquet").write_bytes(b"not read")
+    src = make_source(params(dataset=str(tmp_path / "d")))
+    assert src.count() == 100
+    full, pieces = _full_and_pieces(src, [3, 44, 46, 61])
+    assert full.equals(pieces)
+    assert full.to_pandas()["a"].tolist() == list(range(100))
+    assert src.materialise(40, 50).to_pandas()["s"].tolist() == [f"r{i}" for i in range(40, 50)]
+
+
+# ------------------------------------------------------------------ calls
+
+
+def test_item_seeds_are_deterministic_distinct_and_non_negative():
+    items = np.arange(100_000)
+    s = item_seeds(7, items)
+    assert (s >= 0).all() and len(np.unique(s)) == len(s)
+    np.testing.assert_array_equal(s[500:600], item_seeds(7, items[500:600]))
+    assert not np.array_equal(s, item_seeds(8, items))
+
+
+def test_run_items_row_kwargs_and_deadline():
+    t = pa.table({"a": [1, 2, 3], "b": [10.0, 20.0, 30.0]})
+    items = np.arange(3)
+    assert run_items(sum, "row", t, items, 0, 0).values == [11.0, 22.0, 33.0]
+    res = run_items(lambda a, b: a * b, "kwargs", t, items, 0, 0)
+    assert res.values == [10.0, 40.0, 90.0] and not res.errors and len(res.durations) == 3
+    res = run_items(
+        lambda a, b: a, "kwargs", t, items, 0, 0, deadline=0.0
+    )  # long past: stop after one item
+    assert res.n == 1
+
+
+def test_result_columns_schema_enforced_across_partitions():
+    schema = pa.schema([("result", pa.float64())])
+    res = ItemResults(values=[1, 2.5, "x", None], errors={3: "boom"})
+    cols = result_columns(res, ("a",), schema)
+    assert cols["result"].type == pa.float64()
+    assert cols["result"].to_pylist() == [1.0, 2.5, None, None]
+    assert "cannot be stored as double" in res.errors[2]
+    res = ItemResults(values=[{"x": 1}, {"x": 2, "a": 3}, 5])
+    cols = result_columns(res, ("a", "item"), None)
+    assert (
+        cols["x"].to_pylist() == [1, None, None]
+        and "clash" in res.errors[1]
+        and "dict" in res.errors[2]
+    )
+
+
+# ------------------------------------------------------------------ spec
+
+
+def test_spec_hash_covers_what_defines_results(tmp_path):
+    base = {"function": "tests.funcs:add", "params": {"grid": {"a": [1]}}, "output": str(tmp_path)}
+    h = build_spec(base).spec_hash()
+    assert (
+        build_spec({**base, "retries": 3, "max_failures": 2, "output": "s3://b/x"}).spec_hash() == h
+    )
+    assert build_spec({**base, "seed": 1}).spec_hash() != h
+    assert build_spec({**base, "params": {"grid": {"a": [2]}}}).spec_hash() != h
+    assert build_spec({**base, "partition_size": 10}).spec_hash() != h
+
+
+def test_load_spec_overrides_and_errors_name_the_file(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("function: tests.funcs:add\nparams: {grid: {a: [1, 2]}}\noutput: out/\n")
+    spec = load_spec(
+        p, output="s3://bucket/x", **{"cluster.kind": "address", "cluster.address": "tcp://h:1"}
+    )
+    assert (
+        spec.output == "s3://bucket/x"
+        and spec.cluster.address == "tcp://h:1"
+        and spec.call == "kwargs"
+    )
+    p.write_text("function: tests.funcs:add\nparams: {grid: {a: 1}}\noutput: out/\n")
+    with pytest.raises(SpecError, match=r"s\.yaml: params\.grid\.a"):
+        load_spec(p)
+    cmd = build_spec({"function": ["./sim", "{a}"], "params": {"grid": {"a": [1]}}, "output": "o"})
+    assert cmd.call == "command"
