@@ -419,12 +419,12 @@ def _print_results(s: dict[str, Any]) -> None:
     if s["describe"]:
         t = Table(show_edge=False, pad_edge=False)
         stats = ["count", "mean", "std", "min", "25%", "50%", "75%", "max"]
-        t.add_column("result")
+        t.add_column("result", no_wrap=True)
         for st in stats:
-            t.add_column(st, justify="right")
+            t.add_column(st, justify="right", no_wrap=True)
         for col, d in s["describe"].items():
             t.add_row(
-                col, *[f"{d.get(st):.6g}" if isinstance(d.get(st), float) else "-" for st in stats]
+                col, *[f"{d.get(st):.5g}" if isinstance(d.get(st), float) else "-" for st in stats]
             )
         out.print(t)
 

@@ -201,6 +201,10 @@ def test_kill_mid_run_then_resume_gives_identical_results(tmp_path, cli_env, sig
         assert "finished partitions are kept" in stderr
         assert json.loads((out / "_manifest.json").read_text())["status"] == "interrupted"
     assert done_before < 41 and not (out / "_SUCCESS").exists()
+    # `sweep results` reads an interrupted sweep and says how complete it is
+    partial = json.loads(sweep("results", out, "--json", env=env).stdout)
+    assert not partial["complete"] and partial["partitions_done"] == done_before
+    assert 0 < partial["percent_done"] < 100 and partial["items"] == 400
     r = sweep("run", spec, "--workers", "2", "--json", env=env)
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])

@@ -239,9 +239,8 @@ class KubernetesProvider(ClusterProvider):
         """The DaskCluster this provider would create (reads the templates, contacts nothing)."""
         worker = cs.load_pod_template(self.kube.worker_template, "worker", self.base_dir)
         scheduler = cs.load_pod_template(self.kube.scheduler_template, "scheduler", self.base_dir)
-        bad = cs.literal_secrets(worker, "worker_template") + cs.literal_secrets(
-            scheduler, "scheduler_template"
-        )
+        bad = cs.template_literal_secrets(worker, "worker_template")
+        bad += cs.template_literal_secrets(scheduler, "scheduler_template")
         if bad:
             raise SpecError(
                 f"cluster.kubernetes: literal credentials in {', '.join(bad)}; put them in a"

@@ -449,26 +449,33 @@ def is_secret_name(name: str) -> bool:
 
 
 def literal_secrets(obj: Any, path: str = "") -> list[str]:
-    """Paths of literal values under secret-looking keys or env names (pure).
-
-    Flags ``storage_options: {key: AKIA...}`` and ``env: [{name: AWS_SECRET_ACCESS_KEY,
-    value: ...}]``; references (``valueFrom``, ``envFrom``, ``secretRef``) pass.
-    """
+    """Paths of literal string values under secret-looking keys, e.g. ``storage_options.key`` (pure)."""
     found: list[str] = []
     if isinstance(obj, Mapping):
-        value = obj.get("value")
-        if "name" in obj and value not in (None, "") and is_secret_name(str(obj["name"])):
-            found.append(f"{path}[{obj['name']}]")
         for k, v in obj.items():
             sub = f"{path}.{k}" if path else str(k)
-            if k in ("valueFrom", "envFrom", "secretRef", "secretKeyRef", "secret"):
-                continue
             if isinstance(v, str):
-                if v and is_secret_name(k):
+                if v and is_secret_name(str(k)):
                     found.append(sub)
             else:
                 found.extend(literal_secrets(v, sub))
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
             found.extend(literal_secrets(v, f"{path}[{i}]"))
+    return found
+
+
+def template_literal_secrets(template: Mapping[str, Any], where: str) -> list[str]:
+    """Env entries of a pod template that hold a credential as a literal ``value`` (pure).
+
+    ``env: [{name: AWS_SECRET_ACCESS_KEY, value: ...}]`` is flagged;
+    ``valueFrom.secretKeyRef`` and ``envFrom.secretRef`` are the way.
+    """
+    spec = template.get("spec") or {}
+    found = []
+    for group in ("initContainers", "containers"):
+        for c in spec.get(group) or []:
+            for e in c.get("env") or []:
+                if e.get("value") not in (None, "") and is_secret_name(str(e.get("name", ""))):
+                    found.append(f"{where}: {c.get('name', '?')} env {e['name']}")
     return found

@@ -1,0 +1,426 @@
+"""The plain Kubernetes objects that run one sweep as a batch Job (pure builders).
+
+``sweep manifest`` prints them for ``kubectl apply -f -``, ``sweep submit`` creates
+them through the API, and the Helm chart ``helm/sweep`` renders the same objects:
+
+- ``ConfigMap`` ``<name>``: ``spec.yaml`` (the sweep, with ``cluster.kind: kubernetes``
+  and the templates below), ``worker-template.yaml``, ``scheduler-template.yaml``;
+- ``ServiceAccount``, ``Role`` and ``RoleBinding`` ``<name>``: what the runner needs to
+  run its Dask cluster through the operator, in its namespace only;
+- ``Job`` ``<name>``: ``sweep run /etc/sweep/spec.yaml --cluster kubernetes`` in a
+  locked-down container; its exit code is the CLI's (0 ok, 1 failure budget exceeded,
+  2 bad input, 3 infrastructure).
+
+``<name>`` is ``<instance>-sweep`` (or the instance itself when it already contains
+"sweep"), the same rule as the chart's ``sweep.fullname`` helper. Every object carries
+``app.kubernetes.io/instance: <instance>``: ``sweep status|logs|cancel <instance>``
+find them by it. Credentials never appear: the S3 Secret is referenced by name.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .. import __version__
+from ..exceptions import SpecError
+from ..spec import SweepSpec
+from . import cluster_spec as cs
+
+CONFIG_DIR = "/etc/sweep"
+SPEC_KEY = "spec.yaml"
+WORKER_KEY = "worker-template.yaml"
+SCHEDULER_KEY = "scheduler-template.yaml"
+RUNNER_CONTAINER = "runner"
+RUNNER_UID = 10001
+LOCAL_PROTOCOLS = ("file", "local", "memory")
+
+DEFAULT_RUNNER_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "250m", "memory": "512Mi"},
+    "limits": {"memory": "2Gi"},
+}
+
+#: What ``dask_kubernetes.operator.KubeCluster`` does, verb by verb (read from its code):
+#: DaskCluster get/list (exists, get by name via a field selector), create, patch,
+#: delete and watch; DaskWorkerGroup get/list and patch (``scale``); DaskAutoscaler
+#: create/patch (``adapt``) and delete (``scale`` turns adaptivity off); pods list/get
+#: (waiting for the scheduler, diagnosing failures) and their logs; the scheduler
+#: Service get/list. Nothing cluster-wide, no Secrets, no pod creation (the operator
+#: creates the pods with its own account).
+RBAC_RULES: list[dict[str, Any]] = [
+    {
+        "apiGroups": ["kubernetes.dask.org"],
+        "resources": ["daskclusters", "daskautoscalers"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+    },
+    {
+        "apiGroups": ["kubernetes.dask.org"],
+        "resources": ["daskworkergroups"],
+        "verbs": ["get", "list", "watch", "patch"],
+    },
+    {
+        "apiGroups": [""],
+        "resources": ["pods", "services"],
+        "verbs": ["get", "list", "watch"],
+    },
+    {
+        "apiGroups": [""],
+        "resources": ["pods/log"],
+        "verbs": ["get"],
+    },
+]
+
+
+@dataclass(frozen=True)
+class ManifestOptions:
+    """How to run the sweep on Kubernetes (what ``sweep manifest`` options map to).
+
+    Attributes
+    ----------
+    namespace
+        Namespace of every object; ``None`` leaves it out (``kubectl`` uses the current one).
+    image
+        Runner image, also the default image of the scheduler and workers. Default: the
+        spec's ``cluster.kubernetes.image``, else the package's ``sweep-runner`` image.
+    secret
+        Name of an existing Secret with the storage credentials (e.g. ``AWS_ACCESS_KEY_ID``,
+        ``AWS_SECRET_ACCESS_KEY``), injected with ``envFrom`` into the runner and the
+        workers. Default: the spec's ``cluster.kubernetes.env_from_secret``.
+    instance
+        The name of this sweep on the cluster (label ``app.kubernetes.io/instance``).
+        Default: the spec's ``name``.
+    """
+
+    namespace: str | None = None
+    image: str | None = None
+    secret: str | None = None
+    instance: str | None = None
+    backoff_limit: int = 2
+    active_deadline_seconds: int | None = 86400
+    ttl_seconds_after_finished: int | None = 86400
+    image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: tuple[str, ...] = ()
+    runner_resources: Mapping[str, Any] = field(
+        default_factory=lambda: copy.deepcopy(DEFAULT_RUNNER_RESOURCES)
+    )
+    service_account_annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+def fullname(instance: str) -> str:
+    """Object name for an instance: ``<instance>-sweep`` unless it already says sweep."""
+    name = instance if "sweep" in instance else f"{instance}-sweep"
+    return name[:63].rstrip("-")
+
+
+def check_instance(instance: str) -> None:
+    """Raise :class:`SpecError` unless ``instance`` can name Kubernetes objects."""
+    if len(instance) > 53 or not cs.NAME_RE.match(instance):
+        raise SpecError(
+            f"sweep name {instance!r}: use lowercase letters, digits and '-', at most 53"
+            " characters (it names Kubernetes objects)"
+        )
+
+
+def check_remote_output(output: str) -> None:
+    """The runner and every worker write the output: it must be shared object storage."""
+    proto = output.split("://", 1)[0] if "://" in output else "file"
+    if proto in LOCAL_PROTOCOLS:
+        raise SpecError(
+            f"output {output!r} is a local path; on Kubernetes the runner and the workers"
+            " need shared storage: use s3://bucket/prefix (or gs://, abfs://), e.g. with"
+            " --output"
+        )
+
+
+def check_no_literal_secrets(spec_data: Mapping[str, Any], templates: Sequence[Any]) -> None:
+    """Refuse literal credentials in ``storage_options`` or in a template's env."""
+    bad = [
+        f"spec {p}"
+        for p in cs.literal_secrets(spec_data.get("storage_options") or {}, "storage_options")
+    ]
+    for name, template in templates:
+        bad += cs.template_literal_secrets(template, name)
+    if bad:
+        raise SpecError(
+            f"literal credentials in {', '.join(bad)}: they would be written into the"
+            " ConfigMap; put them in a Secret and pass its name with --secret"
+            " (cluster.kubernetes.env_from_secret), or use env valueFrom.secretKeyRef"
+        )
+
+
+def runner_spec_data(spec_data: Mapping[str, Any], secret: str | None) -> dict[str, Any]:
+    """The spec as the runner reads it in the pod: kubernetes cluster, templates from the ConfigMap.
+
+    ``cluster.kubernetes.namespace`` is dropped so the Dask cluster lands in the runner's
+    own namespace (where its Role applies); ``image`` stays only if the spec set it.
+    """
+    data = copy.deepcopy(dict(spec_data))
+    data.pop("base_dir", None)
+    cluster = dict(data.get("cluster") or {})
+    kube = dict(cluster.get("kubernetes") or {})
+    kube.pop("namespace", None)
+    kube["worker_template"] = f"{CONFIG_DIR}/{WORKER_KEY}"
+    kube["scheduler_template"] = f"{CONFIG_DIR}/{SCHEDULER_KEY}"
+    if secret:
+        kube["env_from_secret"] = secret
+    cluster = {k: v for k, v in cluster.items() if k not in ("address", "workers")}
+    cluster["kind"] = "kubernetes"
+    cluster["kubernetes"] = kube
+    data["cluster"] = cluster
+    return data
+
+
+def _meta(name: str, instance: str, component: str, namespace: str | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": cs.sweep_labels(instance, component)}
+    if namespace:
+        meta["namespace"] = namespace
+    return meta
+
+
+def build_manifests(
+    spec: SweepSpec,
+    *,
+    worker_template: Mapping[str, Any],
+    scheduler_template: Mapping[str, Any],
+    spec_data: Mapping[str, Any] | None = None,
+    files: Mapping[str, str] | None = None,
+    options: ManifestOptions | None = None,
+) -> list[dict[str, Any]]:
+    """ServiceAccount, Role, RoleBinding, ConfigMap and Job of one sweep (pure).
+
+    Parameters
+    ----------
+    spec
+        The validated sweep.
+    worker_template, scheduler_template
+        Pod templates (``{"metadata", "spec"}``, see
+        :func:`runner.kube.cluster_spec.load_pod_template`), written into the ConfigMap
+        as they are; the runner applies the spec's overrides in the pod.
+    spec_data
+        The spec as the user wrote it (the YAML mapping), to keep their fields as they
+        are. Default: ``spec.to_dict()``.
+    files
+        Extra ConfigMap entries mounted next to the spec (e.g. a function's ``.py`` file).
+    options
+        Namespace, image, secret, Job limits; see :class:`ManifestOptions`.
+
+    Returns
+    -------
+    list of dict
+        Objects in the order to create them.
+
+    Raises
+    ------
+    SpecError
+        The output is local, the name cannot name objects, or credentials are literal.
+    """
+    opts = options or ManifestOptions()
+    kube = spec.cluster.kubernetes
+    instance = opts.instance or spec.name
+    check_instance(instance)
+    check_remote_output(spec.output)
+    data = dict(spec_data) if spec_data is not None else spec.to_dict()
+    check_no_literal_secrets(
+        data, [("worker template", worker_template), ("scheduler template", scheduler_template)]
+    )
+    secret = opts.secret or kube.env_from_secret
+    namespace = opts.namespace or kube.namespace
+    image = opts.image or kube.image or cs.DEFAULT_IMAGE
+    name = fullname(instance)
+
+    config_data = {
+        SPEC_KEY: to_yaml_doc(runner_spec_data(data, secret)),
+        WORKER_KEY: to_yaml_doc(_as_pod(worker_template)),
+        SCHEDULER_KEY: to_yaml_doc(_as_pod(scheduler_template)),
+    }
+    for key, text in (files or {}).items():
+        if not re.match(r"^[-._a-zA-Z0-9]+$", key) or key in config_data:
+            raise SpecError(f"cannot add file {key!r} to the ConfigMap: rename it")
+        config_data[key] = text
+
+    sa_meta = _meta(name, instance, "runner", namespace)
+    if opts.service_account_annotations:
+        sa_meta["annotations"] = dict(opts.service_account_annotations)
+    service_account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": sa_meta}
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _meta(name, instance, "runner", namespace),
+        "rules": copy.deepcopy(RBAC_RULES),
+    }
+    subject: dict[str, Any] = {"kind": "ServiceAccount", "name": name}
+    if namespace:
+        subject["namespace"] = namespace
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _meta(name, instance, "runner", namespace),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [subject],
+    }
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(name, instance, "config", namespace),
+        "data": config_data,
+    }
+    job = build_job(
+        name=name,
+        instance=instance,
+        namespace=namespace,
+        image=image,
+        secret=secret,
+        opts=opts,
+    )
+    return [service_account, role, binding, config_map, job]
+
+
+def build_job(
+    *,
+    name: str,
+    instance: str,
+    namespace: str | None,
+    image: str,
+    secret: str | None,
+    opts: ManifestOptions,
+) -> dict[str, Any]:
+    """The runner ``batch/v1`` Job (pure)."""
+    labels = cs.sweep_labels(instance, "runner")
+    env: list[dict[str, Any]] = [
+        {"name": "SWEEP_INSTANCE", "value": instance},
+        {"name": "SWEEP_IMAGE", "value": image},
+        {"name": "SWEEP_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "SWEEP_POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    container: dict[str, Any] = {
+        "name": RUNNER_CONTAINER,
+        "image": image,
+        "imagePullPolicy": opts.image_pull_policy,
+        "command": ["sweep"],
+        "args": ["run", f"{CONFIG_DIR}/{SPEC_KEY}", "--cluster", "kubernetes"],
+        "env": env,
+        "resources": copy.deepcopy(dict(opts.runner_resources)),
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            {"name": "spec", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    if secret:
+        container["envFrom"] = [{"secretRef": {"name": secret}}]
+    pod_spec: dict[str, Any] = {
+        "serviceAccountName": name,
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": 90,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(),
+        "containers": [container],
+        "volumes": [
+            {"name": "spec", "configMap": {"name": name}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
+    }
+    if opts.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s} for s in opts.image_pull_secrets]
+    job_spec: dict[str, Any] = {
+        "backoffLimit": opts.backoff_limit,
+        "podFailurePolicy": pod_failure_policy(),
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if opts.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = opts.active_deadline_seconds
+    if opts.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = opts.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta(name, instance, "runner", namespace),
+        "spec": job_spec,
+    }
+
+
+def pod_security_context() -> dict[str, Any]:
+    """Non-root, RuntimeDefault seccomp (the image's user is uid 10001)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUNNER_UID,
+        "runAsGroup": RUNNER_UID,
+        "fsGroup": RUNNER_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    """No privilege escalation, no capabilities, read-only root (``/tmp`` is an emptyDir)."""
+    return {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """Do not retry what a retry cannot fix; do not count evictions against backoffLimit.
+
+    Exit 1 (failure budget exceeded) and 2 (bad input) fail the Job at once; exit 3
+    (infrastructure) and signals are retried up to ``backoffLimit`` times, and every
+    retry resumes: finished partitions are kept in the output.
+    """
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": RUNNER_CONTAINER,
+                    "operator": "In",
+                    "values": [1, 2],
+                },
+            },
+            {
+                "action": "Ignore",
+                "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+            },
+        ]
+    }
+
+
+def _as_pod(template: Mapping[str, Any]) -> dict[str, Any]:
+    pod: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod"}
+    if template.get("metadata"):
+        pod["metadata"] = copy.deepcopy(dict(template["metadata"]))
+    pod["spec"] = copy.deepcopy(dict(template["spec"]))
+    return pod
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (the ConfigMap's files) as readable ``|`` blocks."""
+
+
+def _str(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    style = (
+        "|"
+        if "\n" in text and not any(line != line.rstrip() for line in text.splitlines())
+        else None
+    )
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def to_yaml_doc(obj: Any) -> str:
+    """One YAML document, keys in insertion order, files as ``|`` blocks."""
+    return yaml.dump(obj, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100)
+
+
+def to_yaml(objs: Sequence[Mapping[str, Any]]) -> str:
+    """A multi-document YAML stream for ``kubectl apply -f -``."""
+    header = f"# sweep runner {__version__}: kubectl apply -f this file; see docs/kubernetes.md\n"
+    return header + "".join("---\n" + to_yaml_doc(dict(o)) for o in objs)
