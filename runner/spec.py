@@ -304,12 +304,6 @@ class SweepSpec(_Model):
             return f"{getattr(f, '__module__', '?')}:{getattr(f, '__qualname__', repr(f))}"
         return f
 
-    def budget(self, total_items: int) -> int:
-        """Largest number of failed items still counted a success."""
-        if isinstance(self.max_failures, float):
-            return int(self.max_failures * total_items)
-        return self.max_failures
-
     def identity(self) -> dict[str, Any]:
         """The fields that define the results; two specs with equal identity are one sweep."""
         ident: dict[str, Any] = {
