@@ -48,8 +48,10 @@ format: $(TESTSTAMP)
 bench: $(TESTSTAMP)
 	$(BIN)/python -m bench
 
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
 image:
-	docker build -t sweep-runner:latest .
+	docker build -t sweep-runner:$(VERSION) -t sweep-runner:latest .
 
 kube-up: $(TESTSTAMP)
 	$(BIN)/python -m tests.kube.cluster

@@ -281,6 +281,16 @@ class SweepSpec(_Model):
         return data
 
     @model_validator(mode="after")
+    def _check_kube_output(self) -> SweepSpec:
+        if self.cluster.kind == "kubernetes" and "://" not in self.output:
+            raise ValueError(
+                f"output {self.output!r} is a local path, but workers on Kubernetes write from their own"
+                " pods: use an object-store URL such as s3://bucket/prefix (or file:///path on a volume"
+                " every pod mounts)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_call(self) -> SweepSpec:
         is_cmd = isinstance(self.function, list)
         if self.call == "command" and not is_cmd:

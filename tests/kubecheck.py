@@ -63,7 +63,7 @@ def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def validate(obj: dict[str, Any]) -> None:
-    """Validate one object; raise ``jsonschema.ValidationError`` (or a kubernetes-validate error)."""
+    """Validate one object; raise a jsonschema or kubernetes-validate ``ValidationError``."""
     key = (obj.get("apiVersion"), obj.get("kind"))
     schemas = crd_schemas()
     if key in schemas:

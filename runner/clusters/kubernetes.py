@@ -278,12 +278,6 @@ class KubernetesProvider(ClusterProvider):
         st.cluster_name = resource["metadata"]["name"]
         st.loop_runner = LoopRunner(asynchronous=False)
         st.loop_runner.start()
-        worker_pod = resource["spec"]["worker"]["spec"]
-        image = worker_pod["containers"][cs.dask_container_index(worker_pod, "worker")]["image"]
-        self._say(
-            f"creating DaskCluster {st.cluster_name} (workers {self.kube.min_workers}"
-            f"..{self.kube.max_workers}, image {image})"
-        )
         self._sync(self._astart, resource, timeout=self.startup_timeout + 120)
         kc = st.kube_cluster
         try:
@@ -312,7 +306,7 @@ class KubernetesProvider(ClusterProvider):
             log.warning("could not set the autoscaler to %s..%s workers: %s", lo, hi, e)
             return
         self.autoscale.applied(target)
-        log.info("autoscaler: %s..%s workers for %s partitions left", lo, hi, remaining_partitions)
+        self._say(f"autoscaler: {lo}..{hi} workers for {remaining_partitions} partitions left")
 
     def stop(self) -> None:
         """Close the client, scale to zero, delete the DaskCluster; never raises for cleanup."""
@@ -325,14 +319,14 @@ class KubernetesProvider(ClusterProvider):
                 except Exception as e:
                     log.debug("closing the client: %s", e)
                 self.client = None
-            if st.loop_runner is not None and st.cluster_name is not None:
+            if st.loop_runner is not None and st.kube_cluster is not None:
                 try:
                     self._sync(self._ateardown, timeout=180)
                 except KeyboardInterrupt as e:  # a second signal: delete without waiting
                     interrupted = e
                     self._sync_quiet(self._adelete, timeout=30)
                 except Exception as e:
-                    log.warning("cleanup of DaskCluster %s: %s", st.cluster_name, e)
+                    log.debug("cleanup of DaskCluster %s: %s", st.cluster_name, e)
                     self._sync_quiet(self._adelete, timeout=30)
         finally:
             if st.loop_runner is not None:
@@ -365,8 +359,10 @@ class KubernetesProvider(ClusterProvider):
             self._sync(fn, timeout=timeout)
         except BaseException as e:  # cleanup must not raise
             st = self._state
+            reason = " ".join(str(e).split())[:300]
             self._say(
-                f"warning: could not delete DaskCluster {st.cluster_name} ({e}); delete it with:"
+                f"warning: could not delete DaskCluster {st.cluster_name} ({reason});"
+                " delete it with:"
                 f" kubectl delete daskcluster {st.cluster_name} -n {st.namespace or '<namespace>'}"
             )
 
@@ -385,6 +381,12 @@ class KubernetesProvider(ClusterProvider):
             ) from e
         st.namespace = self.namespace or api.namespace
         await self._preflight(st.namespace)
+        worker_pod = resource["spec"]["worker"]["spec"]
+        image = worker_pod["containers"][cs.dask_container_index(worker_pod, "worker")]["image"]
+        self._say(
+            f"creating DaskCluster {st.cluster_name} in namespace {st.namespace} (workers"
+            f" {self.kube.min_workers}..{self.kube.max_workers}, image {image})"
+        )
         deadline = time.monotonic() + self.startup_timeout
         kc = KubeCluster(
             custom_cluster_spec=resource,
@@ -532,8 +534,7 @@ class KubernetesProvider(ClusterProvider):
     async def _ateardown(self) -> None:
         """Scale the workers to zero (graceful), then delete the DaskCluster and wait for it."""
         kc = self._state.kube_cluster
-        if kc is None:
-            await self._adelete()
+        if kc is None:  # never got as far as creating it
             return
         try:
             await asyncio.wait_for(kc.scale(0), 30)

@@ -92,8 +92,8 @@ def load_pod_template(
         path = default_template_path(role)
         data: Any = yaml.safe_load(path.read_text())
         where = str(path)
-    elif isinstance(source, Mapping):
-        data = copy.deepcopy(dict(source))
+    elif not isinstance(source, str | Path):
+        data = source  # a mapping, or something normalise_pod_template rejects
     else:
         path = Path(source).expanduser()
         if not path.is_absolute() and base_dir:
@@ -194,6 +194,7 @@ def apply_overrides(
     pod = out["spec"]
     # the operator wraps pods in Deployments: restartPolicy can only be Always there
     pod.pop("restartPolicy", None)
+    crd_compatible(pod, role)
     idx = dask_container_index(pod, role)
     c = pod["containers"][idx]
     c["name"] = c.get("name") or role
@@ -234,6 +235,45 @@ def apply_overrides(
         c.setdefault("readinessProbe", {**probe, "initialDelaySeconds": 0, "periodSeconds": 1})
         c.setdefault("livenessProbe", {**probe, "initialDelaySeconds": 15, "periodSeconds": 20})
     return out
+
+
+QUANTITY_KEYS = frozenset({"requests", "limits", "overhead"})
+PROBE_KEYS = ("livenessProbe", "readinessProbe", "startupProbe")
+
+
+def crd_compatible(pod_spec: dict[str, Any], role: Role = "worker") -> None:
+    """Make a PodSpec acceptable to the DaskCluster CRD, in place.
+
+    The CRD types Kubernetes' int-or-string fields as strings: resource quantities
+    (``nvidia.com/gpu: 1``) become ``"1"``, which means the same. A numeric probe port
+    cannot be fixed that way (``"8080"`` would be a port *name*): it is refused.
+    """
+
+    def quantities(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in QUANTITY_KEYS and isinstance(v, dict):
+                    node[k] = {q: str(x) if isinstance(x, int | float) else x for q, x in v.items()}
+                elif k == "sizeLimit" and isinstance(v, int | float):
+                    node[k] = str(v)
+                else:
+                    quantities(v)
+        elif isinstance(node, list):
+            for v in node:
+                quantities(v)
+
+    quantities(pod_spec)
+    for group in ("initContainers", "containers"):
+        for c in pod_spec.get(group) or []:
+            for probe in PROBE_KEYS:
+                for action in ("httpGet", "tcpSocket"):
+                    port = ((c.get(probe) or {}).get(action) or {}).get("port")
+                    if isinstance(port, int):
+                        raise SpecError(
+                            f"{role} template: {c.get('name')} {probe}.{action}.port is a number;"
+                            " the DaskCluster resource only takes port names here: name the port"
+                            " in the container's ports and use that name"
+                        )
 
 
 def _drop_flag(args: list[str], flag: str) -> list[str]:
@@ -449,7 +489,7 @@ def is_secret_name(name: str) -> bool:
 
 
 def literal_secrets(obj: Any, path: str = "") -> list[str]:
-    """Paths of literal string values under secret-looking keys, e.g. ``storage_options.key`` (pure)."""
+    """Paths of literal strings under secret-looking keys, e.g. ``storage_options.key`` (pure)."""
     found: list[str] = []
     if isinstance(obj, Mapping):
         for k, v in obj.items():

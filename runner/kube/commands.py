@@ -1,9 +1,300 @@
-"""`sweep manifest|submit|status|logs|cancel` (registered on the main CLI app)."""
+"""`sweep manifest|submit|status|logs|cancel` (registered on the main CLI app).
+
+Thin faces: the objects come from :mod:`runner.kube.manifests`, the API calls from
+:mod:`runner.kube.submit`. Exit codes follow the CLI contract: 2 for bad input,
+3 for Kubernetes API or cluster problems; ``submit --wait`` exits with the runner's
+own code (0 ok, 1 failure budget exceeded, 2 bad input, 3 infrastructure, 128+N signal).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..exceptions import InfrastructureError, SpecError, SweepError
+
+SpecArg = Annotated[Path, typer.Argument(help="The sweep spec (YAML).", show_default=False)]
+NameArg = Annotated[
+    str,
+    typer.Argument(
+        help="The sweep's name on the cluster (its spec name, or the Helm release).",
+        show_default=False,
+    ),
+]
+NamespaceOpt = Annotated[
+    str | None,
+    typer.Option("--namespace", "-n", help="Namespace (default: the kubeconfig context's)."),
+]
+ImageOpt = Annotated[
+    str | None,
+    typer.Option(help="Runner image, also the scheduler's and workers' unless the spec sets one."),
+]
+SecretOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Name of an existing Secret with the storage credentials (envFrom, by reference)."
+    ),
+]
+OutputOpt = Annotated[
+    str | None,
+    typer.Option("--output", "-o", help="Override the spec's output URL (s3://bucket/prefix)."),
+]
+ContextOpt = Annotated[str | None, typer.Option(help="kubeconfig context to use.")]
+InstanceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--name",
+        help="Name of this run on the cluster (objects, labels; default: the spec's name),"
+        " e.g. one per commit in CI.",
+    ),
+]
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _out(text: str) -> None:
+    print(text, flush=True)
+
+
+def _fail(e: SweepError) -> typer.Exit:
+    _say(f"error: {e}")
+    return typer.Exit(e.exit_code)
+
+
+def build_objects(
+    spec_path: Path,
+    *,
+    namespace: str | None = None,
+    image: str | None = None,
+    secret: str | None = None,
+    output: str | None = None,
+    instance: str | None = None,
+) -> list[dict[str, Any]]:
+    """Load a spec and its pod templates and build the sweep's Kubernetes objects.
+
+    A function given as ``path/to/file.py:fn`` travels in the ConfigMap (one file,
+    mounted at ``/etc/sweep``); a module function must be importable in the image.
+
+    Raises
+    ------
+    SpecError
+        The spec, a template or the function file is invalid.
+    """
+    import yaml
+
+    from ..spec import build_spec, merge_overrides
+    from . import cluster_spec as cs
+    from . import manifests as mf
+
+    try:
+        text = spec_path.read_text()
+    except OSError as e:
+        raise SpecError(
+            f"{spec_path}: cannot read the spec file ({e.strerror}); check the path"
+        ) from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpecError(f"{spec_path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise SpecError(f"{spec_path}: the spec must be a mapping of fields")
+    data = merge_overrides(data, {"output": output})
+    base_dir = str(spec_path.resolve().parent)
+    spec = build_spec({**data, "base_dir": base_dir}, where=str(spec_path))
+    kube = spec.cluster.kubernetes
+    worker = cs.load_pod_template(kube.worker_template, "worker", base_dir)
+    scheduler = cs.load_pod_template(kube.scheduler_template, "scheduler", base_dir)
+    files: dict[str, str] = {}
+    if isinstance(spec.function, str):
+        target, _, attr = spec.function.rpartition(":")
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_absolute() and not path.exists():
+                path = Path(base_dir) / path
+            try:
+                files[path.name] = path.read_text()
+            except OSError as e:
+                raise SpecError(
+                    f"function: cannot read {target!r} ({e.strerror}); relative paths start in"
+                    " the spec's folder"
+                ) from e
+            data["function"] = f"{mf.CONFIG_DIR}/{path.name}:{attr}"
+    options = mf.ManifestOptions(namespace=namespace, image=image, secret=secret, instance=instance)
+    return mf.build_manifests(
+        spec,
+        worker_template=worker,
+        scheduler_template=scheduler,
+        spec_data=data,
+        files=files,
+        options=options,
+    )
+
+
+def _api(namespace: str | None, context: str | None = None) -> Any:
+    try:
+        from .submit import KubeApi
+    except ImportError as e:
+        raise InfrastructureError(
+            f"the Kubernetes client is not installed ({e}); pip install 'sweep-runner[kubernetes]'"
+        ) from e
+    return KubeApi(namespace=namespace, context=context)
+
+
+def manifest(
+    spec_path: SpecArg,
+    namespace: NamespaceOpt = None,
+    image: ImageOpt = None,
+    secret: SecretOpt = None,
+    output: OutputOpt = None,
+    name: InstanceOpt = None,
+) -> None:
+    """Print the sweep's ConfigMap, RBAC and Job as YAML for `kubectl apply -f -`."""
+    from .manifests import to_yaml
+
+    try:
+        objs = build_objects(
+            spec_path,
+            namespace=namespace,
+            image=image,
+            secret=secret,
+            output=output,
+            instance=name,
+        )
+    except SweepError as e:
+        raise _fail(e) from e
+    sys.stdout.write(to_yaml(objs))
+    sys.stdout.flush()
+
+
+def submit(
+    spec_path: SpecArg,
+    namespace: NamespaceOpt = None,
+    image: ImageOpt = None,
+    secret: SecretOpt = None,
+    output: OutputOpt = None,
+    name: InstanceOpt = None,
+    wait: Annotated[
+        bool,
+        typer.Option(help="Follow the runner's log and exit with the sweep's exit code."),
+    ] = False,
+    context: ContextOpt = None,
+) -> None:
+    """Create the sweep's Job through the Kubernetes API (kubeconfig or in-cluster)."""
+    try:
+        api = _api(namespace, context)
+        objs = build_objects(
+            spec_path,
+            namespace=api.namespace,
+            image=image,
+            secret=secret,
+            output=output,
+            instance=name,
+        )
+        api.check_operator()
+        api.create(objs, out=_say)
+        instance = objs[-1]["metadata"]["labels"]["app.kubernetes.io/instance"]
+        _say(
+            f"submitted sweep {instance} to namespace {api.namespace}; follow it with"
+            f" `sweep logs {instance} -n {api.namespace} --follow`"
+        )
+        if not wait:
+            return
+        code = api.wait(instance, out=_out, err=_say)
+    except SweepError as e:
+        raise _fail(e) from e
+    except KeyboardInterrupt:
+        _say(
+            "stopped following; the sweep keeps running on the cluster"
+            " (`sweep cancel NAME` stops it)"
+        )
+        raise typer.Exit(130) from None
+    _say(f"{instance}: runner exited with code {code}")
+    raise typer.Exit(code if code is not None else 3)
+
+
+def status(
+    name: NameArg,
+    namespace: NamespaceOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    context: ContextOpt = None,
+) -> None:
+    """Show a submitted sweep: Job state, runner pods, Dask cluster, where results land."""
+    try:
+        info = _api(namespace, context).status(name)
+    except SweepError as e:
+        raise _fail(e) from e
+    if as_json:
+        _out(json.dumps(info))
+        return
+    _out(f"{info['name']}: {info['state']} (job/{info['job']}, namespace {info['namespace']})")
+    if info["started"]:
+        _out(
+            f"  started    {info['started']}"
+            + (f", finished {info['finished']}" if info["finished"] else "")
+        )
+    for c in info["conditions"]:
+        _out(
+            f"  condition  {c['type']}"
+            + (f": {c['reason']}" if c["reason"] else "")
+            + (f" ({c['message']})" if c["message"] else "")
+        )
+    for p in info["pods"]:
+        extra = f" exit {p['exit_code']}" if p["exit_code"] is not None else ""
+        extra += f" ({p['waiting']})" if p["waiting"] else ""
+        _out(f"  pod        {p['name']}: {p['phase']}{extra}")
+    for c in info["dask_clusters"]:
+        _out(
+            f"  dask       {c['name']}: {c['phase']}, {c['workers']} workers;"
+            f" dashboard: {c['dashboard']}"
+        )
+    if info["output"]:
+        _out(f"  output     {info['output']}")
+        _out(f"  next       sweep results {info['output']}")
+    if info["exit_code"] is not None:
+        _out(f"  exit code  {info['exit_code']}")
+
+
+def logs(
+    name: NameArg,
+    namespace: NamespaceOpt = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following the log.")] = False,
+    context: ContextOpt = None,
+) -> None:
+    """Print the runner's log of a submitted sweep."""
+    try:
+        _api(namespace, context).logs(name, out=_out, follow=follow)
+    except SweepError as e:
+        raise _fail(e) from e
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def cancel(
+    name: NameArg,
+    namespace: NamespaceOpt = None,
+    context: ContextOpt = None,
+) -> None:
+    """Stop a submitted sweep: delete its Job, Dask cluster, ConfigMap and RBAC (results stay)."""
+    try:
+        deleted = _api(namespace, context).cancel(name, out=_say)
+    except SweepError as e:
+        raise _fail(e) from e
+    _say(
+        f"{name}: cancelled ({len(deleted)} objects deleted); finished partitions stay in the"
+        " output: submit the same spec again to resume"
+    )
 
 
 def register(app: Any) -> None:
     """Add the Kubernetes commands to the ``sweep`` Typer app."""
+    app.command("manifest")(manifest)
+    app.command("submit")(submit)
+    app.command("status")(status)
+    app.command("logs")(logs)
+    app.command("cancel")(cancel)

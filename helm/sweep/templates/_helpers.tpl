@@ -1,0 +1,188 @@
+{{/* Chart name (app.kubernetes.io/name). */}}
+{{- define "sweep.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name of every object: the release name when it already contains the chart name,
+else "<release>-sweep". `sweep manifest` names objects the same way (runner/kube/manifests.py).
+*/}}
+{{- define "sweep.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "sweep.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels that select this release's objects (sweep status/logs/cancel use the instance). */}}
+{{- define "sweep.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "sweep.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "sweep.labels" -}}
+helm.sh/chart: {{ include "sweep.chart" . }}
+{{ include "sweep.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "sweep.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "sweep.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "sweep.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "sweep.configMapName" -}}
+{{- default (include "sweep.fullname" .) .Values.existingConfigMap }}
+{{- end }}
+
+{{/*
+Does a key name hold a credential? (the rule of runner.kube.cluster_spec.is_secret_name:
+a word key/secret/token/password/credential/session, not a reference like *_name, *_arn).
+*/}}
+{{- define "sweep.isSecretName" -}}
+{{- $k := regexReplaceAll "([a-z0-9])([A-Z])" (toString .) "${1}_${2}" | lower }}
+{{- $parts := regexSplit "[^a-z0-9]+" $k -1 }}
+{{- $last := last $parts }}
+{{- if and (not (has $last (list "name" "names" "ref" "from" "file" "path" "arn" "id"))) (not (has "from" $parts)) }}
+{{- range $parts }}
+{{- if has . (list "secret" "key" "token" "password" "passwd" "credential" "credentials" "session") }}true{{ end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Fail on literal credentials anywhere under a map (storage_options). Arg: dict "path" "obj". */}}
+{{- define "sweep.noLiteralSecrets" -}}
+{{- $path := .path }}
+{{- range $k, $v := .obj }}
+{{- if kindIs "string" $v }}
+{{- if and $v (include "sweep.isSecretName" $k) }}
+{{- fail (printf "%s.%s holds a literal credential: put it in a Secret and set s3Secret to its name" $path $k) }}
+{{- end }}
+{{- else if kindIs "map" $v }}
+{{- include "sweep.noLiteralSecrets" (dict "path" (printf "%s.%s" $path $k) "obj" $v) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Fail on env entries with a literal credential value. Arg: dict "path" "env". */}}
+{{- define "sweep.noLiteralEnvSecrets" -}}
+{{- $path := .path }}
+{{- range .env }}
+{{- if and .value (include "sweep.isSecretName" .name) }}
+{{- fail (printf "%s: env %s holds a literal credential: use valueFrom.secretKeyRef or s3Secret" $path .name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Fail when Helm turned a key like `n:` of a values file into "false" (YAML 1.1). */}}
+{{- define "sweep.noBooleanKeys" -}}
+{{- $path := .path }}
+{{- range $k, $v := .obj }}
+{{- if has $k (list "true" "false") }}
+{{- fail (printf "%s has a key %q: Helm reads keys like n, y, on, off in values files as booleans; quote the key (\"n\": 1000) or pass the spec with --set-file specYaml=spec.yaml" $path $k) }}
+{{- end }}
+{{- if kindIs "map" $v }}
+{{- include "sweep.noBooleanKeys" (dict "path" (printf "%s.%s" $path $k) "obj" $v) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The sweep spec as the runner reads it: values spec over specYaml, kubernetes cluster. */}}
+{{- define "sweep.spec" -}}
+{{- $spec := dict }}
+{{- if .Values.specYaml }}
+{{- /* Helm reads YAML 1.1 booleans (n, y, on, off, ...) as keys true/false; the runner
+     (PyYAML) does not for n/y: quote such keys first so `n: 1000` stays n. */}}
+{{- $bools := "n|N|y|Y|yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF" }}
+{{- $text := regexReplaceAll (printf "(?m)^(\\s*(?:-\\s+)?)(%s)(\\s*):" $bools) .Values.specYaml "${1}\"${2}\"${3}:" }}
+{{- $text = regexReplaceAll (printf "([{,]\\s*)(%s)(\\s*):" $bools) $text "${1}\"${2}\"${3}:" }}
+{{- $spec = fromYaml $text }}
+{{- if hasKey $spec "Error" }}
+{{- fail (printf "specYaml is not a YAML mapping: %s" (get $spec "Error")) }}
+{{- end }}
+{{- end }}
+{{- include "sweep.noBooleanKeys" (dict "path" "spec" "obj" .Values.spec) }}
+{{- $spec = mergeOverwrite $spec (deepCopy .Values.spec) }}
+{{- if not $spec.function }}
+{{- fail "spec.function is required: set spec (a map) or specYaml (--set-file specYaml=sweep.yaml)" }}
+{{- end }}
+{{- if not $spec.output }}
+{{- fail "spec.output is required, e.g. s3://bucket/sweeps/my-sweep" }}
+{{- end }}
+{{- $output := toString $spec.output }}
+{{- if or (not (regexMatch "^[a-zA-Z][a-zA-Z0-9+.-]*://" $output)) (regexMatch "^(file|local|memory)://" $output) }}
+{{- fail (printf "spec.output %q is a local path; on Kubernetes the runner and the workers need shared storage: use s3://bucket/prefix (or gs://, abfs://)" $output) }}
+{{- end }}
+{{- include "sweep.noLiteralSecrets" (dict "path" "spec.storage_options" "obj" (default dict $spec.storage_options)) }}
+{{- $cluster := omit (default dict $spec.cluster) "address" "workers" }}
+{{- $kube := omit (default dict (get $cluster "kubernetes")) "namespace" }}
+{{- $_ := set $kube "worker_template" "/etc/sweep/worker-template.yaml" }}
+{{- $_ := set $kube "scheduler_template" "/etc/sweep/scheduler-template.yaml" }}
+{{- with .Values.s3Secret }}{{ $_ := set $kube "env_from_secret" . }}{{ end }}
+{{- $d := .Values.dask }}
+{{- if not (kindIs "invalid" $d.minWorkers) }}{{ $_ := set $kube "min_workers" $d.minWorkers }}{{ end }}
+{{- if not (kindIs "invalid" $d.maxWorkers) }}{{ $_ := set $kube "max_workers" $d.maxWorkers }}{{ end }}
+{{- if not (kindIs "invalid" $d.partitionsPerWorker) }}{{ $_ := set $kube "partitions_per_worker" $d.partitionsPerWorker }}{{ end }}
+{{- if not (kindIs "invalid" $d.workerThreads) }}{{ $_ := set $kube "worker_threads" $d.workerThreads }}{{ end }}
+{{- if not (kindIs "invalid" $d.startupTimeout) }}{{ $_ := set $kube "startup_timeout" $d.startupTimeout }}{{ end }}
+{{- $_ := set $cluster "kind" "kubernetes" }}
+{{- $_ := set $cluster "kubernetes" $kube }}
+{{- $_ := set $spec "cluster" $cluster }}
+{{- toYaml $spec }}
+{{- end }}
+
+{{/*
+A Dask pod template: the default (files/<role>-pod.yaml) or values' podTemplate, with the
+values' overrides. Arg: dict "ctx" . "role" "worker"|"scheduler".
+*/}}
+{{- define "sweep.podTemplate" -}}
+{{- $ctx := .ctx }}
+{{- $v := get $ctx.Values.dask .role }}
+{{- $pod := dict }}
+{{- if $v.podTemplate }}
+{{- $pod = deepCopy $v.podTemplate }}
+{{- else }}
+{{- $pod = $ctx.Files.Get (printf "files/%s-pod.yaml" .role) | fromYaml }}
+{{- end }}
+{{- $podSpec := $pod.spec }}
+{{- $container := first $podSpec.containers }}
+{{- range $podSpec.containers }}{{ if eq .name $.role }}{{ $container = . }}{{ end }}{{ end }}
+{{- with $v.resources }}{{ $_ := set $container "resources" (deepCopy .) }}{{ end }}
+{{- with $v.nodeSelector }}{{ $_ := set $podSpec "nodeSelector" (deepCopy .) }}{{ end }}
+{{- with $v.tolerations }}{{ $_ := set $podSpec "tolerations" (deepCopy .) }}{{ end }}
+{{- with $v.affinity }}{{ $_ := set $podSpec "affinity" (deepCopy .) }}{{ end }}
+{{- if eq .role "worker" }}
+{{- with $v.env }}{{ $_ := set $container "env" (concat (default list $container.env) .) }}{{ end }}
+{{- with $v.serviceAccountName }}
+{{- $_ := set $podSpec "serviceAccountName" . }}
+{{- $_ := unset $podSpec "automountServiceAccountToken" }}
+{{- end }}
+{{- end }}
+{{- with $ctx.Values.imagePullSecrets }}
+{{- $secrets := list }}
+{{- range . }}{{ $secrets = append $secrets (dict "name" .) }}{{ end }}
+{{- $_ := set $podSpec "imagePullSecrets" $secrets }}
+{{- end }}
+{{- range $podSpec.containers }}
+{{- include "sweep.noLiteralEnvSecrets" (dict "path" (printf "dask.%s" $.role) "env" (default list .env)) }}
+{{- end }}
+{{- toYaml $pod }}
+{{- end }}

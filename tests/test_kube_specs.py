@@ -1,0 +1,816 @@
+"""Kubernetes without a cluster: DaskCluster specs from pod templates, autoscaling decisions,
+failure diagnosis, the runner's manifests, and the provider's error messages.
+
+Objects are validated offline: built-in kinds against the real Kubernetes OpenAPI schemas
+(kubernetes-validate, strict), DaskClusters against the CRD shipped in dask-kubernetes.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import kubecheck
+import pytest
+import yaml
+
+from runner.exceptions import InfrastructureError, SpecError
+from runner.kube import cluster_spec as cs
+from runner.kube import manifests as mf
+from runner.policy import ScalingPolicy
+from runner.spec import ClusterSpec, KubernetesSpec, load_spec
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+CANARY = "canary-secret-value-0123456789"
+
+
+def defaults() -> tuple[dict, dict]:
+    return cs.load_pod_template(None, "worker"), cs.load_pod_template(None, "scheduler")
+
+
+def dask_container(resource: dict, role: str) -> dict:
+    pod = resource["spec"][role]["spec"]
+    return pod["containers"][cs.dask_container_index(pod, role)]
+
+
+# --------------------------------------------------------------------------- templates
+
+
+def test_default_templates_are_plain_pods() -> None:
+    for role in ("worker", "scheduler"):
+        path = cs.default_template_path(role)
+        doc = yaml.safe_load(path.read_text())
+        assert doc["kind"] == "Pod" and doc["apiVersion"] == "v1"
+        pod = {**doc, "metadata": {"name": "x", **doc.get("metadata", {})}}
+        pod["spec"]["containers"][0]["image"] = "sweep-runner:test"
+        kubecheck.validate(pod)  # a real Pod, strictly valid
+        ctx = doc["spec"]["securityContext"]
+        assert ctx["runAsNonRoot"] is True and ctx["seccompProfile"]["type"] == "RuntimeDefault"
+        c = doc["spec"]["containers"][0]
+        assert c["name"] == role
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+        assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+
+
+def test_load_pod_template_accepts_pod_template_and_podspec(tmp_path: Path) -> None:
+    pod_spec = {"containers": [{"name": "worker", "image": "x:1"}]}
+    full = {"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": {"a": "b"}}, "spec": pod_spec}
+    (tmp_path / "w.yaml").write_text(yaml.safe_dump(full))
+    from_file = cs.load_pod_template("w.yaml", "worker", base_dir=str(tmp_path))
+    assert from_file == {"metadata": {"labels": {"a": "b"}}, "spec": pod_spec}
+    assert cs.load_pod_template(pod_spec, "worker") == {"metadata": {}, "spec": pod_spec}
+    assert cs.load_pod_template({"spec": pod_spec}, "worker")["spec"] == pod_spec
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [[], {"kind": "Deployment", "spec": {}}, {"spec": {"containers": []}}, {"metadata": {}}],
+)
+def test_load_pod_template_rejects_non_pods(bad: object) -> None:
+    with pytest.raises(SpecError, match=r"pod|Pod|containers"):
+        cs.load_pod_template(bad, "worker")  # type: ignore[arg-type]
+
+
+def test_load_pod_template_missing_file_says_where() -> None:
+    with pytest.raises(SpecError, match=r"worker_template.*nope\.yaml.*spec's folder"):
+        cs.load_pod_template("nope.yaml", "worker", base_dir="/tmp")
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def test_worker_overrides_follow_the_operator() -> None:
+    from dask_kubernetes.operator import make_worker_spec
+
+    worker, _ = defaults()
+    out = cs.apply_overrides(
+        worker, "worker", image="img:2", env_from_secret="s3", worker_threads=4
+    )
+    c = out["spec"]["containers"][0]
+    assert c["image"] == "img:2"
+    assert c["command"] == ["dask", "worker"]
+    # the operator's own flags (after its command), then ours
+    operator_flags = make_worker_spec(worker_command="dask-worker")["spec"]["containers"][0][
+        "args"
+    ][1:]
+    assert c["args"][: len(operator_flags)] == operator_flags
+    assert c["args"][-2:] == ["--nthreads", "4"]
+    assert {"secretRef": {"name": "s3"}} in c["envFrom"]
+    assert {"name": "http-dashboard", "containerPort": 8788, "protocol": "TCP"} in c["ports"]
+    assert worker["spec"]["containers"][0].get("image") is None  # input untouched
+
+
+def test_overrides_keep_user_command_and_replace_nthreads() -> None:
+    template = {
+        "metadata": {},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {"name": "sidecar", "image": "envoy:1"},
+                {
+                    "name": "worker",
+                    "image": "gpu-img:1",
+                    "command": ["tini", "--", "dask", "worker"],
+                    "args": ["--nthreads", "8", "--memory-limit", "8GB"],
+                },
+            ],
+        },
+    }
+    out = cs.apply_overrides(template, "worker", worker_threads=2, service_account="irsa")
+    side, c = out["spec"]["containers"]
+    assert side == {"name": "sidecar", "image": "envoy:1"}
+    assert c["image"] == "gpu-img:1"  # the template's image wins over the default
+    assert c["command"] == ["tini", "--", "dask", "worker"]
+    assert c["args"].count("--nthreads") == 1 and c["args"][-2:] == ["--memory-limit", "8GB"]
+    assert "2" in c["args"] and "8" not in c["args"]
+    assert "restartPolicy" not in out["spec"]  # the operator uses Deployments
+    assert out["spec"]["serviceAccountName"] == "irsa"
+
+
+def test_scheduler_overrides() -> None:
+    from dask_kubernetes.operator.kubecluster.kubecluster import make_scheduler_spec
+
+    _, scheduler = defaults()
+    out = cs.apply_overrides(scheduler, "scheduler", env_from_secret="s3", default_image="d:1")
+    c = out["spec"]["containers"][0]
+    assert c["image"] == "d:1"
+    assert c["command"] == ["dask", "scheduler"] and c["args"] == ["--host", "0.0.0.0"]
+    assert "envFrom" not in c  # the scheduler never touches the data
+    ref = make_scheduler_spec("x")["spec"]["containers"][0]
+    assert {(p["name"], p["containerPort"]) for p in c["ports"]} == {
+        (p["name"], p["containerPort"]) for p in ref["ports"]
+    }
+    assert c["readinessProbe"]["httpGet"] == ref["readinessProbe"]["httpGet"]
+
+
+# --------------------------------------------------------------------------- DaskCluster
+
+
+@pytest.mark.parametrize(
+    "kube",
+    [
+        KubernetesSpec(),
+        KubernetesSpec(image="reg.example/sim:3", env_from_secret="s3", worker_threads=4),
+        KubernetesSpec(min_workers=3, max_workers=50, service_account="sim-irsa"),
+    ],
+)
+def test_dask_cluster_matches_the_crd(kube: KubernetesSpec) -> None:
+    worker, scheduler = defaults()
+    resource = cs.build_cluster_spec(
+        "pi-0a1b2c",
+        kube,
+        worker_template=worker,
+        scheduler_template=scheduler,
+        labels=cs.sweep_labels("pi", "dask-cluster"),
+        owner={"apiVersion": "v1", "kind": "Pod", "name": "pi-sweep-x", "uid": "1234"},
+        idle_timeout=600,
+    )
+    kubecheck.validate(resource)
+    assert resource["kind"] == "DaskCluster"
+    assert resource["spec"]["worker"]["replicas"] == max(1, kube.min_workers)
+    service = resource["spec"]["scheduler"]["service"]
+    assert {(p["name"], p["port"]) for p in service["ports"]} == {
+        ("tcp-comm", 8786),
+        ("http-dashboard", 8787),
+    }
+    assert service["selector"]["dask.org/cluster-name"] == "pi-0a1b2c"
+    if kube.image:
+        assert dask_container(resource, "worker")["image"] == kube.image
+        assert dask_container(resource, "scheduler")["image"] == kube.image
+
+
+def test_dask_cluster_layout_is_make_cluster_spec_layout() -> None:
+    from dask_kubernetes.operator import make_cluster_spec
+
+    ref = make_cluster_spec("ref", n_workers=1)
+    worker, scheduler = defaults()
+    ours = cs.build_cluster_spec(
+        "ref", KubernetesSpec(), worker_template=worker, scheduler_template=scheduler
+    )
+    assert ours["apiVersion"] == ref["apiVersion"] and ours["kind"] == ref["kind"]
+    assert set(ref["spec"]) <= set(ours["spec"])
+    assert set(ref["spec"]["worker"]) <= set(ours["spec"]["worker"])
+    assert set(ref["spec"]["scheduler"]) <= set(ours["spec"]["scheduler"])
+    assert ours["spec"]["scheduler"]["service"] == ref["spec"]["scheduler"]["service"]
+
+
+def test_gpu_and_placement_templates_pass_the_crd(tmp_path: Path) -> None:
+    template = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"labels": {"team": "physics"}, "annotations": {"note": "gpu"}},
+        "spec": {
+            "nodeSelector": {"accelerator": "nvidia-a100"},
+            "tolerations": [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+            ],
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {
+                                "matchExpressions": [
+                                    {"key": "zone", "operator": "In", "values": ["a"]}
+                                ]
+                            }
+                        ]
+                    }
+                }
+            },
+            "containers": [
+                {
+                    "name": "worker",
+                    "resources": {"limits": {"nvidia.com/gpu": 1, "memory": "16Gi"}},
+                    "env": [
+                        {
+                            "name": "AWS_SECRET_ACCESS_KEY",
+                            "valueFrom": {"secretKeyRef": {"name": "s3", "key": "secret"}},
+                        }
+                    ],
+                    "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+                }
+            ],
+            "volumes": [{"name": "scratch", "emptyDir": {"medium": "Memory"}}],
+        },
+    }
+    (tmp_path / "gpu.yaml").write_text(yaml.safe_dump(template))
+    provider = make_provider(
+        KubernetesSpec(worker_template="gpu.yaml", max_workers=4), base_dir=str(tmp_path)
+    )
+    resource = provider.cluster_resource(token="abc123")
+    kubecheck.validate(resource)
+    assert resource["metadata"]["name"] == "pi-abc123"
+    assert resource["spec"]["worker"]["metadata"]["labels"] == {"team": "physics"}
+    # the CRD takes quantities as strings only: 1 GPU is "1"
+    assert dask_container(resource, "worker")["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_numeric_probe_ports_are_refused_with_a_fix() -> None:
+    template = {
+        "containers": [
+            {"name": "worker", "readinessProbe": {"httpGet": {"port": 8788, "path": "/health"}}}
+        ]
+    }
+    with pytest.raises(SpecError, match="port names"):
+        cs.apply_overrides(cs.load_pod_template(template, "worker"), "worker")
+
+
+def test_cluster_names_are_valid_for_the_operator() -> None:
+    from dask_kubernetes.constants import VALID_CLUSTER_NAME
+
+    for sweep in ("pi", "a" * 40, "x-" * 20 + "y", "Weird_Name"):
+        name = cs.cluster_name(sweep, "abcdef")
+        assert VALID_CLUSTER_NAME.match(name), name
+    with pytest.raises(SpecError, match="at most 53"):
+        cs.check_cluster_name("a" * 54)
+
+
+def test_owner_reference_from_the_downward_api() -> None:
+    from runner.clusters.kubernetes import owner_reference
+
+    assert owner_reference({}) is None
+    assert owner_reference({"SWEEP_POD_NAME": "p", "SWEEP_POD_UID": "u"}) == {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": "p",
+        "uid": "u",
+    }
+
+
+# --------------------------------------------------------------------------- provider (pure)
+
+
+def make_provider(kube: KubernetesSpec, **options: object):
+    from runner.clusters.kubernetes import KubernetesProvider
+
+    return KubernetesProvider(ClusterSpec(kind="kubernetes", kubernetes=kube), name="pi", **options)
+
+
+def test_provider_sizes_for_max_workers_and_contacts_nothing() -> None:
+    provider = make_provider(KubernetesSpec(max_workers=7))
+    assert provider.workers_hint() == 7
+    resource = provider.cluster_resource()
+    kubecheck.validate(resource)
+    assert resource["metadata"]["labels"]["app.kubernetes.io/instance"] == "pi"
+    provider.stop()  # nothing started: a no-op
+
+
+def test_provider_default_image_is_the_runners(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWEEP_IMAGE", "reg.example/sweep:9")
+    resource = make_provider(KubernetesSpec()).cluster_resource()
+    assert dask_container(resource, "worker")["image"] == "reg.example/sweep:9"
+
+
+def test_provider_refuses_literal_credentials_in_templates() -> None:
+    template = {
+        "containers": [
+            {"name": "worker", "env": [{"name": "AWS_SECRET_ACCESS_KEY", "value": CANARY}]}
+        ]
+    }
+    with pytest.raises(SpecError, match="AWS_SECRET_ACCESS_KEY") as e:
+        make_provider(KubernetesSpec(worker_template=template)).cluster_resource()
+    assert CANARY not in str(e.value)
+
+
+def test_autoscale_follows_the_remaining_partitions() -> None:
+    from runner.clusters.kubernetes import Autoscale
+
+    auto = Autoscale(ScalingPolicy(minimum=1, maximum=10, partitions_per_worker=2))
+    calls = []
+    for remaining in [100, 60, 21, 20, 19, 18, 10, 9, 3, 1, 0]:
+        target = auto.next(remaining)
+        if target is not None:
+            calls.append((remaining, target))
+            auto.applied(target)
+    # capped at max_workers until the tail, then one call per change, down to the minimum
+    assert calls == [
+        (100, (1, 10)),
+        (18, (1, 9)),
+        (10, (1, 5)),
+        (3, (1, 2)),
+        (1, (1, 1)),
+    ]
+
+
+def test_autoscale_retries_a_failed_call() -> None:
+    from runner.clusters.kubernetes import Autoscale
+
+    auto = Autoscale(ScalingPolicy(minimum=0, maximum=4, partitions_per_worker=1))
+    assert auto.next(10) == (0, 4)
+    assert auto.next(10) == (0, 4)  # not applied (the API call failed): asked again
+    auto.applied((0, 4))
+    assert auto.next(9) is None
+    assert auto.next(0) == (0, 0)  # scale to zero when nothing is left
+
+
+# --------------------------------------------------------------------------- diagnosis
+
+
+def pod(name: str, waiting: str | None = None, restarts: int = 0, message: str = "", **status):
+    cst = {
+        "name": "worker",
+        "image": "reg.example/sim:3",
+        "restartCount": restarts,
+        "state": {"waiting": {"reason": waiting, "message": message}}
+        if waiting
+        else {"running": {}},
+    }
+    return {
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "worker", "image": "reg.example/sim:3"}]},
+        "status": {"phase": "Pending", "containerStatuses": [cst], **status},
+    }
+
+
+def test_diagnose_names_the_image_that_cannot_be_pulled() -> None:
+    from runner.clusters.kubernetes import diagnose
+
+    (p,) = diagnose(
+        [pod("w1", "ImagePullBackOff", message='Back-off pulling image "reg.example/sim:3"')]
+    )
+    assert p.kind == "image" and p.fatal
+    assert "reg.example/sim:3" in p.message and "\n" not in p.message
+
+
+def test_diagnose_missing_secret_crash_loop_and_capacity() -> None:
+    from runner.clusters.kubernetes import diagnose
+
+    found = diagnose(
+        [
+            pod("ok"),
+            pod("cfg", "CreateContainerConfigError", message='secret "s3" not found'),
+            pod("loop", "CrashLoopBackOff", restarts=3),
+            pod("young", "CrashLoopBackOff", restarts=1),
+            pod(
+                "big",
+                conditions=[
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                    }
+                ],
+            ),
+        ]
+    )
+    assert [(p.kind, p.pod, p.fatal) for p in found] == [
+        ("config", "cfg", True),
+        ("crashloop", "loop", True),
+        ("unschedulable", "big", False),
+    ]
+    assert 'secret "s3" not found' in found[0].message
+    assert "Insufficient nvidia.com/gpu" in found[2].message
+
+
+def test_one_line_log_tail() -> None:
+    from runner.clusters.kubernetes import one_line
+
+    assert one_line(["a\n", "", "  b  ", "Traceback: boom"]) == "a | b | Traceback: boom"
+    assert len(one_line(["x" * 5000], limit=100)) == 101
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+def build(
+    spec_file: Path = EXAMPLES / "pi.yaml", output: str = "s3://bucket/sweeps/pi", **opts
+) -> list[dict]:
+    spec = load_spec(spec_file, output=output)
+    worker, scheduler = defaults()
+    data = yaml.safe_load(spec_file.read_text())
+    data["output"] = output
+    return mf.build_manifests(
+        spec,
+        worker_template=worker,
+        scheduler_template=scheduler,
+        spec_data=data,
+        options=mf.ManifestOptions(**opts),
+    )
+
+
+def by_kind(objs: list[dict]) -> dict[str, dict]:
+    return {o["kind"]: o for o in objs}
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {},
+        {"namespace": "sweeps", "secret": "s3-credentials", "image": "reg.example/sweep:1"},
+        {
+            "instance": "pi-0123abcd",
+            "active_deadline_seconds": None,
+            "ttl_seconds_after_finished": 0,
+        },
+    ],
+)
+def test_manifests_are_valid_kubernetes(opts: dict) -> None:
+    objs = build(**opts)
+    assert [o["kind"] for o in objs] == [
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ConfigMap",
+        "Job",
+    ]
+    kubecheck.validate_all(objs)
+    instance = opts.get("instance", "pi")
+    for o in objs:
+        labels = o["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == instance
+        assert labels["app.kubernetes.io/name"] == "sweep"
+        assert labels["app.kubernetes.io/managed-by"] == "sweep-runner"
+        assert o["metadata"].get("namespace") == opts.get("namespace")
+        assert o["metadata"]["name"] == mf.fullname(instance)
+
+
+def test_rbac_is_namespaced_and_minimal() -> None:
+    objs = by_kind(build(namespace="sweeps"))
+    assert "ClusterRole" not in objs and "ClusterRoleBinding" not in objs
+    role, binding = objs["Role"], objs["RoleBinding"]
+    granted = {
+        (group, resource): set(rule["verbs"])
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert set(granted) == {
+        ("kubernetes.dask.org", "daskclusters"),
+        ("kubernetes.dask.org", "daskworkergroups"),
+        ("kubernetes.dask.org", "daskautoscalers"),
+        ("", "pods"),
+        ("", "pods/log"),
+        ("", "services"),
+    }
+    assert all("*" not in verbs for verbs in granted.values())
+    assert granted[("", "pods")] == {"get", "list", "watch"}  # the operator creates pods
+    assert granted[("", "pods/log")] == {"get"}
+    assert "create" not in granted[("kubernetes.dask.org", "daskworkergroups")]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": objs["ServiceAccount"]["metadata"]["name"],
+            "namespace": "sweeps",
+        }
+    ]
+
+
+def test_job_is_locked_down() -> None:
+    job = by_kind(build(secret="s3-credentials"))["Job"]
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 2
+    assert spec["activeDeadlineSeconds"] > 0 and spec["ttlSecondsAfterFinished"] >= 0
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob" and rules[0]["onExitCodes"]["values"] == [1, 2]
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (c,) = pod["containers"]
+    assert c["command"] == ["sweep"]
+    assert c["args"] == ["run", "/etc/sweep/spec.yaml", "--cluster", "kubernetes"]
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/etc/sweep"]["readOnly"] is True and "/tmp" in mounts
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts["/tmp"]["name"]] == {"name": "tmp", "emptyDir": {}}
+    assert volumes[mounts["/etc/sweep"]["name"]]["configMap"]["name"] == job["metadata"]["name"]
+    assert c["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["SWEEP_POD_UID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.uid"
+    assert env["SWEEP_IMAGE"]["value"] == c["image"]
+    assert pod["serviceAccountName"] == job["metadata"]["name"]
+
+
+def test_configmap_spec_runs_on_kubernetes(tmp_path: Path) -> None:
+    """What the runner pod reads: the spec loads and its templates build a DaskCluster."""
+    cm = by_kind(build(secret="s3-credentials", namespace="elsewhere"))["ConfigMap"]
+    for key, text in cm["data"].items():
+        (tmp_path / key).write_text(text)
+    data = yaml.safe_load(cm["data"]["spec.yaml"])
+    kube = data["cluster"]["kubernetes"]
+    assert kube["worker_template"] == "/etc/sweep/worker-template.yaml"
+    assert kube["scheduler_template"] == "/etc/sweep/scheduler-template.yaml"
+    kube["worker_template"] = str(tmp_path / "worker-template.yaml")
+    kube["scheduler_template"] = str(tmp_path / "scheduler-template.yaml")
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
+    spec = load_spec(tmp_path / "spec.yaml")
+    assert spec.cluster.kind == "kubernetes"
+    assert spec.cluster.kubernetes.env_from_secret == "s3-credentials"
+    assert spec.cluster.kubernetes.namespace is None  # the runner's own namespace
+    assert spec.output == "s3://bucket/sweeps/pi"
+    original = yaml.safe_load((EXAMPLES / "pi.yaml").read_text())
+    assert data["params"] == original["params"] and data["function"] == original["function"]
+    provider = make_provider(spec.cluster.kubernetes)
+    resource = provider.cluster_resource()
+    kubecheck.validate(resource)
+    assert {"secretRef": {"name": "s3-credentials"}} in dask_container(resource, "worker")[
+        "envFrom"
+    ]
+
+
+def test_manifests_refuse_local_output_and_literal_secrets(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"local path.*s3://"):
+        build(output="demo-output/pi")
+    spec_file = tmp_path / "s.yaml"
+    data = yaml.safe_load((EXAMPLES / "pi.yaml").read_text())
+    data["storage_options"] = {"key": "AKIAEXAMPLE", "secret": CANARY, "anon": False}
+    spec_file.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError, match=r"storage_options\.key.*Secret") as e:
+        build(spec_file)
+    assert CANARY not in str(e.value)
+
+
+def test_no_secret_value_in_rendered_manifests(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", CANARY)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", CANARY)
+    text = mf.to_yaml(build(secret="s3-credentials", namespace="sweeps"))
+    assert CANARY not in text
+    assert "kind: Secret" not in text
+    assert "s3-credentials" in text  # by reference only
+
+
+def test_is_secret_name() -> None:
+    for name in ("AWS_SECRET_ACCESS_KEY", "key", "secret", "token", "sessionToken", "password"):
+        assert cs.is_secret_name(name), name
+    for name in ("secretName", "env_from_secret", "role_arn", "endpoint_url", "anon", "MONKEY"):
+        assert not cs.is_secret_name(name), name
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def sweep(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "runner.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )
+
+
+def test_sweep_manifest_output_is_valid() -> None:
+    res = sweep(
+        "manifest",
+        "examples/pi.yaml",
+        "--output",
+        "s3://bucket/sweeps/pi",
+        "--namespace",
+        "sweeps",
+        "--secret",
+        "s3-credentials",
+        "--image",
+        "reg.example/sweep:1",
+        "--name",
+        "pi-ci-1",
+        env={"AWS_SECRET_ACCESS_KEY": CANARY},
+    )
+    assert res.returncode == 0, res.stderr
+    docs = kubecheck.load_docs(res.stdout)
+    kubecheck.validate_all(docs)
+    assert [d["kind"] for d in docs] == [
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ConfigMap",
+        "Job",
+    ]
+    assert CANARY not in res.stdout
+    job = docs[-1]
+    assert job["metadata"]["name"] == "pi-ci-1-sweep"
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "reg.example/sweep:1"
+
+
+def test_sweep_manifest_ships_a_function_file(tmp_path: Path) -> None:
+    (tmp_path / "sim.py").write_text("def f(a):\n    return a * 2\n")
+    (tmp_path / "spec.yaml").write_text(
+        "name: sim\nfunction: sim.py:f\nparams: {grid: {a: [1, 2, 3]}}\noutput: s3://b/sim\n"
+    )
+    res = sweep("manifest", str(tmp_path / "spec.yaml"))
+    assert res.returncode == 0, res.stderr
+    cm = next(d for d in kubecheck.load_docs(res.stdout) if d["kind"] == "ConfigMap")
+    assert cm["data"]["sim.py"].startswith("def f(a)")
+    assert yaml.safe_load(cm["data"]["spec.yaml"])["function"] == "/etc/sweep/sim.py:f"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["manifest", "examples/pi.yaml"], "local path"),
+        (["manifest", "nope.yaml"], "cannot read"),
+        (["manifest", "examples/pi.yaml", "-o", "s3://b/x", "--name", "Bad_Name"], "sweep name"),
+    ],
+)
+def test_sweep_manifest_bad_input_exits_2(args: list[str], message: str) -> None:
+    res = sweep(*args)
+    assert res.returncode == 2
+    assert message in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_sweep_submit_without_kubeconfig_exits_3(tmp_path: Path) -> None:
+    env = {"KUBECONFIG": str(tmp_path / "missing"), "HOME": str(tmp_path)}
+    env["KUBERNETES_SERVICE_HOST"] = ""
+    res = sweep("submit", "examples/pi.yaml", "-o", "s3://b/pi", env=env)
+    assert res.returncode == 3, res.stderr
+    assert "KUBECONFIG" in res.stderr and res.stderr.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- against an HTTP API
+
+
+class FakeApi(http.server.BaseHTTPRequestHandler):
+    """A Kubernetes API that knows no custom resources: /version, and 404 or 403 for the rest."""
+
+    status_for_dask = 404
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/") == "/version":
+            self._send(200, {"major": "1", "minor": "33", "gitVersion": "v1.33.0"})
+        elif "kubernetes.dask.org" in self.path:
+            code = self.status_for_dask
+            self._send(code, {"kind": "Status", "apiVersion": "v1", "code": code, "message": "no"})
+        else:
+            self._send(404, {"kind": "Status", "apiVersion": "v1", "code": 404, "message": "nope"})
+
+    def _send(self, code: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeApi]]:
+    handler = type("Handler", (FakeApi,), {})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "c",
+                        "cluster": {"server": f"http://127.0.0.1:{server.server_address[1]}"},
+                    }
+                ],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [
+                    {"name": "x", "context": {"cluster": "c", "user": "u", "namespace": "sweeps"}}
+                ],
+                "current-context": "x",
+            }
+        )
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    yield handler
+    server.shutdown()
+
+
+def test_provider_says_how_to_install_the_operator(fake_api: type[FakeApi]) -> None:
+    provider = make_provider(KubernetesSpec())
+    with pytest.raises(InfrastructureError) as e, provider:
+        pass
+    text = str(e.value)
+    assert "DaskCluster custom resource is not installed" in text
+    assert "helm repo add dask https://helm.dask.org" in text and "\n" not in text
+
+
+def test_provider_says_when_rbac_is_missing(fake_api: type[FakeApi]) -> None:
+    fake_api.status_for_dask = 403
+    provider = make_provider(KubernetesSpec())
+    with (
+        pytest.raises(InfrastructureError, match=r"not allowed to manage DaskClusters.*sweeps"),
+        provider,
+    ):
+        pass
+
+
+def test_submit_checks_for_the_operator(fake_api: type[FakeApi]) -> None:
+    from runner.kube.submit import KubeApi
+
+    api = KubeApi()
+    assert api.namespace == "sweeps"  # the kubeconfig context's
+    with pytest.raises(InfrastructureError, match="helm repo add dask"):
+        api.check_operator()
+
+
+# --------------------------------------------------------------------------- submit helpers
+
+
+def test_job_state_and_exit_codes() -> None:
+    from kubernetes import client as k
+
+    from runner.kube.submit import job_exit_code, job_state, runner_exit_code
+
+    def job(*conditions: tuple[str, str], active: int = 0) -> k.V1Job:
+        return k.V1Job(
+            status=k.V1JobStatus(
+                active=active,
+                conditions=[k.V1JobCondition(type=t, status=s) for t, s in conditions],
+            )
+        )
+
+    def runner_pod(code: int | None) -> k.V1Pod:
+        state = (
+            k.V1ContainerState(terminated=k.V1ContainerStateTerminated(exit_code=code))
+            if code is not None
+            else k.V1ContainerState(running=k.V1ContainerStateRunning())
+        )
+        cst = k.V1ContainerStatus(
+            name="runner", image="i", image_id="", ready=False, restart_count=0, state=state
+        )
+        return k.V1Pod(status=k.V1PodStatus(container_statuses=[cst]))
+
+    assert job_state(job(active=1)) == "running"
+    assert job_state(job()) == "pending"
+    assert job_state(job(("Complete", "True"))) == "succeeded"
+    assert job_state(job(("Failed", "True"))) == "failed"
+    assert job_exit_code(job(("Complete", "True")), []) == 0
+    assert job_exit_code(job(active=1), [runner_pod(None)]) is None
+    assert job_exit_code(job(("Failed", "True")), [runner_pod(3), runner_pod(1)]) == 1
+    assert job_exit_code(job(("Failed", "True")), [runner_pod(None)]) == 3  # e.g. never started
+    assert runner_exit_code(runner_pod(2)) == 2
+
+
+def test_api_errors_are_one_line_with_a_hint() -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    from runner.kube.submit import api_error
+
+    e = ApiException(status=403, reason="Forbidden")
+    e.body = json.dumps({"message": 'jobs.batch is forbidden: User "ci" cannot create'})
+    err = api_error("creating Job pi-sweep", e, "sweeps")
+    assert str(err).startswith("creating Job pi-sweep: HTTP 403: jobs.batch is forbidden")
+    assert "namespace sweeps" in str(err) and "\n" not in str(err)
+    e = ApiException(status=404, reason="Not Found")
+    e.body = json.dumps({"message": 'namespaces "nope" not found'})
+    assert "kubectl create namespace" in str(api_error("x", e, "nope"))
