@@ -345,7 +345,9 @@ def run_sweep(
     )
     budget = FailureBudget(spec.max_failures)
     allowed = budget.allowed(n_items)
-    prov = provider or make_provider(spec.cluster, client=client, name=spec.name, base_dir=spec.base_dir)
+    prov = provider or make_provider(
+        spec.cluster, client=client, name=spec.name, base_dir=spec.base_dir
+    )
     reports: list[PartitionReport] = []
     status = "failed"
     run_record = {"started": started}
