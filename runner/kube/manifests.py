@@ -422,5 +422,5 @@ def to_yaml_doc(obj: Any) -> str:
 
 def to_yaml(objs: Sequence[Mapping[str, Any]]) -> str:
     """A multi-document YAML stream for ``kubectl apply -f -``."""
-    header = f"# sweep runner {__version__}: kubectl apply -f this file; see docs/kubernetes.md\n"
+    header = f"# sweep runner {__version__}: kubectl apply -f this file; see the README, section Kubernetes\n"
     return header + "".join("---\n" + to_yaml_doc(dict(o)) for o in objs)

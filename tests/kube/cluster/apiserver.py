@@ -14,6 +14,7 @@ status/scale subresources, the three patch flavours, …).  See README.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import attrs
 import kmock
 import yaml
 
+from . import tables
 from .store import ApiError, Event, ResourceType, Store, dumps, load_yaml_docs, not_found
 
 log = logging.getLogger("kube-emu.api")
@@ -34,7 +36,9 @@ CORE_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 NODE_NAME = "kube-emu-node"
 
 # (namespace, pod, container, query-params, raw request) -> response
-LogProvider = Callable[[str, str, dict, aiohttp.web.BaseRequest], Awaitable[aiohttp.web.StreamResponse]]
+LogProvider = Callable[
+    [str, str, dict, aiohttp.web.BaseRequest], Awaitable[aiohttp.web.StreamResponse]
+]
 
 
 def dask_crd_paths() -> list[pathlib.Path]:
@@ -69,30 +73,52 @@ class KubeEmulator(kmock.KubernetesEmulator):
             if res.version is None or res.plural is None:
                 continue
             rt = ResourceType(
-                group=res.group or "", version=res.version, plural=res.plural,
-                kind=info.kind or res.plural.capitalize(), namespaced=bool(info.namespaced),
-                singular=info.singular or "", subresources=set(info.subresources),
-                verbs=set(info.verbs), shortnames=set(info.shortnames), categories=set(info.categories),
+                group=res.group or "",
+                version=res.version,
+                plural=res.plural,
+                kind=info.kind or res.plural.capitalize(),
+                namespaced=bool(info.namespaced),
+                singular=info.singular or "",
+                subresources=set(info.subresources),
+                verbs=set(info.verbs),
+                shortnames=set(info.shortnames),
+                categories=set(info.categories),
             )
             self.store.register(rt)
             self.resources[res] = info
         for name in CORE_NAMESPACES:
             self.store.create(self.store.rt("namespaces"), None, {"metadata": {"name": name}})
             self._default_sa(name)
-        self.store.create(self.store.rt("nodes"), None, {
-            "metadata": {"name": NODE_NAME, "labels": {"kubernetes.io/hostname": NODE_NAME,
-                                                       "kubernetes.io/os": "linux"}},
-            "spec": {},
-            "status": {
-                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
-                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
-                              {"type": "Hostname", "address": NODE_NAME}],
-                "capacity": {"cpu": str(os.cpu_count() or 1), "memory": "16Gi", "pods": "250"},
-                "allocatable": {"cpu": str(os.cpu_count() or 1), "memory": "16Gi", "pods": "250"},
-                "nodeInfo": {"kubeletVersion": "v1.31.0-emu", "operatingSystem": "linux",
-                             "architecture": "amd64"},
+        self.store.create(
+            self.store.rt("nodes"),
+            None,
+            {
+                "metadata": {
+                    "name": NODE_NAME,
+                    "labels": {"kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux"},
+                },
+                "spec": {},
+                "status": {
+                    "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+                    "addresses": [
+                        {"type": "InternalIP", "address": "127.0.0.1"},
+                        {"type": "Hostname", "address": NODE_NAME},
+                    ],
+                    "capacity": {"cpu": str(os.cpu_count() or 1), "memory": "16Gi", "pods": "250"},
+                    "allocatable": {
+                        "cpu": str(os.cpu_count() or 1),
+                        "memory": "16Gi",
+                        "pods": "250",
+                    },
+                    "nodeInfo": {
+                        "kubeletVersion": "v1.31.0-emu",
+                        "operatingSystem": "linux",
+                        "architecture": "amd64",
+                    },
+                },
             },
-        }, keep_status=True)
+            keep_status=True,
+        )
         for path in dask_crd_paths():
             for doc in load_yaml_docs(path.read_text()):
                 self.add_crd(doc)
@@ -115,8 +141,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
             if rt is None:
                 continue
             self.resources[res] = kmock.ResourceInfo(
-                namespaced=rt.namespaced, kind=rt.kind, singular=rt.singular, verbs=rt.verbs,
-                shortnames=rt.shortnames, categories=rt.categories, subresources=rt.subresources,
+                namespaced=rt.namespaced,
+                kind=rt.kind,
+                singular=rt.singular,
+                verbs=rt.verbs,
+                shortnames=rt.shortnames,
+                categories=rt.categories,
+                subresources=rt.subresources,
             )
 
     # ------------------------------------------------------------------ entry
@@ -132,7 +163,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
             if path.startswith("/openapi") or path.startswith("/logs"):
                 raise not_found(None, None)
             if raw.method != "GET":
-                raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+                raise ApiError(
+                    405,
+                    "MethodNotAllowed",
+                    "the server does not allow this method on the requested resource",
+                )
         except ApiError as e:
             return aiohttp.web.json_response(e.status(), status=e.code)
         except Exception as e:  # pragma: no cover - a bug in the emulator
@@ -150,11 +185,16 @@ class KubeEmulator(kmock.KubernetesEmulator):
             for payload in self._payloads:
                 del payload._requests[:-20]
 
-    async def _serve_server_version(self, request: Any) -> dict:  # noqa: D401
+    async def _serve_server_version(self, request: Any) -> dict:
         return {
-            "major": "1", "minor": "31", "gitVersion": "v1.31.0-kube-emu",
-            "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
-            "buildDate": "2024-08-13T00:00:00Z", "goVersion": "go1.22.5", "compiler": "gc",
+            "major": "1",
+            "minor": "31",
+            "gitVersion": "v1.31.0-kube-emu",
+            "gitCommit": "0000000000000000000000000000000000000000",
+            "gitTreeState": "clean",
+            "buildDate": "2024-08-13T00:00:00Z",
+            "goVersion": "go1.22.5",
+            "compiler": "gc",
             "platform": "linux/amd64",
         }
 
@@ -165,7 +205,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     def _groups(self) -> dict[str, list[str]]:
         groups: dict[str, list[str]] = {}
-        for (group, version, _plural) in self.store.types:
+        for group, version, _plural in self.store.types:
             if group and version not in groups.setdefault(group, []):
                 groups[group].append(version)
         for versions in groups.values():
@@ -173,8 +213,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
         return groups
 
     async def _serve_api(self, request: Any) -> dict:
-        return {"kind": "APIVersions", "versions": ["v1"],
-                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}
+        return {
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [
+                {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}
+            ],
+        }
 
     def _group_doc(self, group: str, versions: list[str]) -> dict:
         return {
@@ -184,8 +229,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
         }
 
     async def _serve_apis(self, request: Any) -> dict:
-        return {"kind": "APIGroupList", "apiVersion": "v1",
-                "groups": [self._group_doc(g, vs) for g, vs in sorted(self._groups().items())]}
+        return {
+            "kind": "APIGroupList",
+            "apiVersion": "v1",
+            "groups": [self._group_doc(g, vs) for g, vs in sorted(self._groups().items())],
+        }
 
     async def _serve_group(self, request: Any) -> dict:
         group = request.url.path.strip("/").split("/")[1]
@@ -202,15 +250,26 @@ class KubeEmulator(kmock.KubernetesEmulator):
             raise kmock.KubernetesResourceNotFoundError()
         resources = []
         for rt in sorted(rts, key=lambda r: r.plural):
-            resources.append({
-                "name": rt.plural, "singularName": rt.singular or rt.kind.lower(), "namespaced": rt.namespaced,
-                "kind": rt.kind, "verbs": sorted(rt.verbs), "shortNames": sorted(rt.shortnames),
-                "categories": sorted(rt.categories),
-            })
+            resources.append(
+                {
+                    "name": rt.plural,
+                    "singularName": rt.singular or rt.kind.lower(),
+                    "namespaced": rt.namespaced,
+                    "kind": rt.kind,
+                    "verbs": sorted(rt.verbs),
+                    "shortNames": sorted(rt.shortnames),
+                    "categories": sorted(rt.categories),
+                }
+            )
             subs = set(rt.subresources) | ({"scale"} if self.store.scale_paths(rt) else set())
             for sub in sorted(subs):
-                entry = {"name": f"{rt.plural}/{sub}", "singularName": "", "namespaced": rt.namespaced,
-                         "kind": rt.kind, "verbs": ["get", "patch", "update"]}
+                entry = {
+                    "name": f"{rt.plural}/{sub}",
+                    "singularName": "",
+                    "namespaced": rt.namespaced,
+                    "kind": rt.kind,
+                    "verbs": ["get", "patch", "update"],
+                }
                 if sub == "scale":
                     entry.update(group="autoscaling", version="v1", kind="Scale")
                 elif sub == "log":
@@ -223,12 +282,18 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 entry.pop("shortNames", None)
             if not entry.get("categories"):
                 entry.pop("categories", None)
-        return {"kind": "APIResourceList", "apiVersion": "v1",
-                "groupVersion": f"{group}/{version}" if group else version, "resources": resources}
+        return {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": f"{group}/{version}" if group else version,
+            "resources": resources,
+        }
 
     # ------------------------------------------------------------------ routing
 
-    def _route(self, path: str) -> tuple[ResourceType, str | None, str | None, str | None, bool] | None:
+    def _route(
+        self, path: str
+    ) -> tuple[ResourceType, str | None, str | None, str | None, bool] | None:
         """-> (type, namespace, name, subresource, namespace_in_url) or None for non-resource paths."""
         parts = path.strip("/").split("/")
         if parts[0] == "api" and len(parts) >= 3:
@@ -238,8 +303,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
         else:
             return None
         namespace = None
-        if rest[0] == "namespaces" and len(rest) >= 3 and not (
-                group == "" and len(rest) == 3 and rest[2] in ("status", "finalize")):
+        if (
+            rest[0] == "namespaces"
+            and len(rest) >= 3
+            and not (group == "" and len(rest) == 3 and rest[2] in ("status", "finalize"))
+        ):
             namespace, rest = rest[1], rest[2:]
         plural, name = rest[0], (rest[1] if len(rest) > 1 else None)
         sub = "/".join(rest[2:]) or None
@@ -260,26 +328,47 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 return yaml.safe_load(text)
             return json.loads(text)
         except Exception as e:
-            raise ApiError(400, "BadRequest", f"cannot parse the request body: {e}")
+            raise ApiError(400, "BadRequest", f"cannot parse the request body: {e}") from None
 
-    async def _serve_resource(self, raw: aiohttp.web.BaseRequest, rt: ResourceType, namespace: str | None,
-                              name: str | None, sub: str | None, ns_in_url: bool) -> aiohttp.web.StreamResponse:
+    async def _serve_resource(
+        self,
+        raw: aiohttp.web.BaseRequest,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str | None,
+        sub: str | None,
+        ns_in_url: bool,
+    ) -> aiohttp.web.StreamResponse:
         store = self.store
         q = raw.query
         method = raw.method
-        ok = lambda obj, code=200: aiohttp.web.Response(body=dumps(obj), status=code,  # noqa: E731
-                                                        content_type="application/json")
+
+        def ok(obj: Any, code: int = 200) -> aiohttp.web.Response:
+            return aiohttp.web.Response(
+                body=dumps(obj), status=code, content_type="application/json"
+            )
+
         if name is None:
             if method == "GET":
                 if q.get("watch") in ("true", "1", "True"):
                     return await self._watch(raw, rt, namespace, None)
                 items = store.list(rt, namespace, q.get("labelSelector"), q.get("fieldSelector"))
-                return ok({"kind": f"{rt.kind}List", "apiVersion": rt.api_version,
-                           "metadata": {"resourceVersion": str(store.rv)}, "items": items})
+                if "as=Table" in raw.headers.get("Accept", ""):
+                    return ok(tables.table(self.store, rt, items))
+                return ok(
+                    {
+                        "kind": f"{rt.kind}List",
+                        "apiVersion": rt.api_version,
+                        "metadata": {"resourceVersion": str(store.rv)},
+                        "items": items,
+                    }
+                )
             if method == "POST":
                 body = await self._body(raw)
                 if rt.namespaced and not ns_in_url:
-                    raise ApiError(405, "MethodNotAllowed", "create requires a namespace in the URL")
+                    raise ApiError(
+                        405, "MethodNotAllowed", "create requires a namespace in the URL"
+                    )
                 obj = store.create(rt, namespace, body)
                 if rt.key == ("apiextensions.k8s.io", "customresourcedefinitions"):
                     store._register_crd(obj)
@@ -292,12 +381,20 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 items = store.list(rt, namespace, q.get("labelSelector"), q.get("fieldSelector"))
                 for item in items:
                     try:
-                        store.delete(rt, item["metadata"].get("namespace"), item["metadata"]["name"], body)
+                        store.delete(
+                            rt, item["metadata"].get("namespace"), item["metadata"]["name"], body
+                        )
                     except ApiError as e:
                         if e.code != 404:
                             raise
-                return ok({"kind": f"{rt.kind}List", "apiVersion": rt.api_version,
-                           "metadata": {"resourceVersion": str(store.rv)}, "items": items})
+                return ok(
+                    {
+                        "kind": f"{rt.kind}List",
+                        "apiVersion": rt.api_version,
+                        "metadata": {"resourceVersion": str(store.rv)},
+                        "items": items,
+                    }
+                )
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on collections")
 
         if rt.namespaced and namespace is None:
@@ -307,6 +404,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
             if method == "GET":
                 if q.get("watch") in ("true", "1", "True"):
                     return await self._watch(raw, rt, namespace, name)
+                if "as=Table" in raw.headers.get("Accept", ""):
+                    return ok(tables.table(self.store, rt, [store.get(rt, namespace, name)]))
                 return ok(store.get(rt, namespace, name))
             if method == "PUT":
                 return ok(store.replace(rt, namespace, name, await self._body(raw)))
@@ -326,11 +425,27 @@ class KubeEmulator(kmock.KubernetesEmulator):
                     body.setdefault("propagationPolicy", q["propagationPolicy"])
                 obj = store.delete(rt, namespace, name, body)
                 if store.try_get(rt, namespace, name) is None:
-                    return ok({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                               "details": {"name": name, "group": rt.group, "kind": rt.plural,
-                                           "uid": obj["metadata"]["uid"]}})
-                return ok(store.get(rt, namespace, name), 202 if "foregroundDeletion" in (
-                    store.get(rt, namespace, name)["metadata"].get("finalizers") or []) else 200)
+                    return ok(
+                        {
+                            "kind": "Status",
+                            "apiVersion": "v1",
+                            "metadata": {},
+                            "status": "Success",
+                            "details": {
+                                "name": name,
+                                "group": rt.group,
+                                "kind": rt.plural,
+                                "uid": obj["metadata"]["uid"],
+                            },
+                        }
+                    )
+                return ok(
+                    store.get(rt, namespace, name),
+                    202
+                    if "foregroundDeletion"
+                    in (store.get(rt, namespace, name)["metadata"].get("finalizers") or [])
+                    else 200,
+                )
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported")
 
         if sub not in rt.subresources and not (sub == "scale" and store.scale_paths(rt)):
@@ -350,32 +465,58 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 body = await self._body(raw) or {}
                 if method == "PATCH":
                     ctype = raw.headers.get("Content-Type", "application/merge-patch+json")
-                    from .store import merge_patch
                     import jsonpatch
+
+                    from .store import merge_patch
+
                     cur = store.get_scale(rt, namespace, name)
-                    body = jsonpatch.apply_patch(cur, body) if "json-patch" in ctype else merge_patch(cur, body)
-                return ok(store.set_scale(rt, namespace, name, int(body.get("spec", {}).get("replicas", 0))))
+                    body = (
+                        jsonpatch.apply_patch(cur, body)
+                        if "json-patch" in ctype
+                        else merge_patch(cur, body)
+                    )
+                return ok(
+                    store.set_scale(
+                        rt, namespace, name, int(body.get("spec", {}).get("replicas", 0))
+                    )
+                )
         if sub == "log" and rt.key == ("", "pods") and method == "GET":
             store.get(rt, namespace, name)
             if self.log_provider is None:
                 raise ApiError(400, "BadRequest", "no kubelet is running: logs are unavailable")
             return await self.log_provider(namespace, name, dict(q), raw)
         if sub == "eviction" and rt.key == ("", "pods") and method == "POST":
-            store.delete(rt, namespace, name, (await self._body(raw) or {}).get("deleteOptions") or {})
-            return ok({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}, 201)
+            store.delete(
+                rt, namespace, name, (await self._body(raw) or {}).get("deleteOptions") or {}
+            )
+            return ok(
+                {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}, 201
+            )
         if sub == "binding" and rt.key == ("", "pods") and method == "POST":
             body = await self._body(raw) or {}
             node = (body.get("target") or {}).get("name", NODE_NAME)
-            store.update_internal(rt, namespace, name, lambda o: o["spec"].__setitem__("nodeName", node))
-            return ok({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}, 201)
-        raise ApiError(400, "BadRequest",
-                       f"the emulator does not support {method} on subresource {sub!r} "
-                       "(exec/attach/portforward/proxy need a real cluster)")
+            store.update_internal(
+                rt, namespace, name, lambda o: o["spec"].__setitem__("nodeName", node)
+            )
+            return ok(
+                {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}, 201
+            )
+        raise ApiError(
+            400,
+            "BadRequest",
+            f"the emulator does not support {method} on subresource {sub!r} "
+            "(exec/attach/portforward/proxy need a real cluster)",
+        )
 
     # ------------------------------------------------------------------ watch
 
-    async def _watch(self, raw: aiohttp.web.BaseRequest, rt: ResourceType, namespace: str | None,
-                     name: str | None) -> aiohttp.web.StreamResponse:
+    async def _watch(
+        self,
+        raw: aiohttp.web.BaseRequest,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str | None,
+    ) -> aiohttp.web.StreamResponse:
         from .store import parse_field_selector, parse_label_selector
 
         store = self.store
@@ -413,12 +554,23 @@ class KubeEmulator(kmock.KubernetesEmulator):
             try:
                 since = int(rv_param)
             except ValueError:
-                raise ApiError(400, "BadRequest", f"invalid resourceVersion {rv_param!r}")
+                raise ApiError(400, "BadRequest", f"invalid resourceVersion {rv_param!r}") from None
             evs = store.events_since(rt.key, since)
             if evs is None:
-                initial = [("ERROR", {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                                      "message": f"too old resource version: {since}", "reason": "Expired",
-                                      "code": 410})]
+                initial = [
+                    (
+                        "ERROR",
+                        {
+                            "kind": "Status",
+                            "apiVersion": "v1",
+                            "metadata": {},
+                            "status": "Failure",
+                            "message": f"too old resource version: {since}",
+                            "reason": "Expired",
+                            "code": 410,
+                        },
+                    )
+                ]
             else:
                 initial = [t for t in (translate(ev) for ev in evs) if t]
         else:
@@ -448,7 +600,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
                     break
                 try:
                     etype, obj = await asyncio.wait_for(queue.get(), wait)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if raw.transport is None or raw.transport.is_closing():
                         break
                     continue
@@ -458,9 +610,6 @@ class KubeEmulator(kmock.KubernetesEmulator):
         finally:
             if sub is not None:
                 store.unsubscribe(sub)
-        try:
+        with contextlib.suppress(Exception):
             await resp.write_eof()
-        except Exception:
-            pass
         return resp
-

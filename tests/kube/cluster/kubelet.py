@@ -2,7 +2,7 @@
 and a pod runtime that runs every container as a local process.
 
 It runs on the API server's event loop and talks to the store directly.
-Each pod gets its own 127.0.1.N address, its own mount+UTS namespace
+Each pod gets its own 127.B.x.y address, its own mount+UTS namespace
 (``unshare``) with its volumes and an /etc/hosts bind-mounted in, and its
 Python processes get ``podshim/sitecustomize.py`` (wildcard binds -> pod IP).
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ctypes
 import dataclasses
 import hashlib
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import pathlib
+import random
 import re
 import shutil
 import signal
@@ -28,8 +30,14 @@ from typing import Any
 
 import aiohttp.web
 
-from .store import (ApiError, Store, decode_secret_value, label_selector_matches, now_iso,
-                    rand_suffix)
+from .store import (
+    ApiError,
+    Store,
+    decode_secret_value,
+    label_selector_matches,
+    now_iso,
+    rand_suffix,
+)
 
 log = logging.getLogger("kube-emu.kubelet")
 
@@ -46,14 +54,13 @@ def expand(text: str, env: dict[str, str]) -> str:
             return "$"
         name = m.group(1)
         return env[name] if name in env else m.group(0)
+
     return VAR_REF.sub(sub, text)
 
 
 def _pdeathsig() -> None:
-    try:
+    with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
 
 
 class ConfigError(Exception):
@@ -68,7 +75,9 @@ class Container:
     restart_count: int = 0
     started_at: str | None = None
     started_mono: float = 0.0
-    state: dict = dataclasses.field(default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}})
+    state: dict = dataclasses.field(
+        default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}}
+    )
     last_state: dict = dataclasses.field(default_factory=dict)
     exit_code: int | None = None
     next_start: float = 0.0
@@ -99,17 +108,24 @@ class PodRuntime:
     gone: bool = False  # removed from the store
     phase: str = "Pending"
     launch: dict | None = None  # {container name: launch spec}
+    host_paths: set[str] = dataclasses.field(default_factory=set)
 
 
 class Kubelet:
-    def __init__(self, store: Store, state_dir: pathlib.Path, kubeconfig: str, api_host: str, api_port: int):
+    def __init__(
+        self, store: Store, state_dir: pathlib.Path, kubeconfig: str, api_host: str, api_port: int
+    ):
         self.store = store
         self.dir = state_dir
         self.kubeconfig = kubeconfig
         self.api_host, self.api_port = api_host, api_port
         self.pods: dict[tuple[str, str], PodRuntime] = {}
         self.dirty = asyncio.Event()
-        self.ip_next = 2
+        self.ip_next = 0
+        # Pod IPs are 127.<B>.x.y with <B> random per cluster, so that two emulated clusters
+        # on one machine (parallel test runs) do not hand out the same addresses.
+        # (127.0.x.y is left to the host, 127.1.x.y is used for placeholder ClusterIPs.)
+        self.ip_block = random.randint(2, 254)
         self.free_ips: list[str] = []
         self.dns_dir = state_dir / "dns"
         self.dns_dir.mkdir(parents=True, exist_ok=True)
@@ -119,6 +135,7 @@ class Kubelet:
         self._hosts_written: dict[str, str] = {}
         self._base_hosts = self._read_base_hosts()
         self._job_backoff: dict[str, float] = {}
+        self.host_paths: dict[str, set[str]] = {}  # created on the host -> pod uids using them
         self._make_shims()
         self._sub = store.subscribe(None, lambda ev: self.dirty.set())
         self._stopping = False
@@ -147,16 +164,14 @@ class Kubelet:
             return self.free_ips.pop(0)
         n = self.ip_next
         self.ip_next += 1
-        return f"127.0.{1 + n // 250}.{2 + n % 250}"
+        return f"127.{self.ip_block}.{n // 250}.{2 + n % 250}"
 
     # ------------------------------------------------------------------ main loop
 
     async def run(self) -> None:
         while not self._stopping:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.dirty.wait(), 0.5)
-            except asyncio.TimeoutError:
-                pass
             self.dirty.clear()
             try:
                 self.reconcile()
@@ -186,22 +201,29 @@ class Kubelet:
             await asyncio.sleep(0.1)
         for p in procs:
             _killpg(p, signal.SIGKILL)
-            try:
+            with contextlib.suppress(Exception):
                 p.wait(2)
-            except Exception:
-                pass
 
     # ------------------------------------------------------------------ helpers
 
     def _owned(self, kind_key: str, owner_uid: str, ns: str) -> list[dict]:
         rt = self.store.rt(kind_key)
-        return [o for o in self.store.list(rt, ns)
-                if any(r.get("uid") == owner_uid for r in o["metadata"].get("ownerReferences") or [])]
+        return [
+            o
+            for o in self.store.list(rt, ns)
+            if any(r.get("uid") == owner_uid for r in o["metadata"].get("ownerReferences") or [])
+        ]
 
     @staticmethod
     def _owner_ref(obj: dict) -> dict:
-        return {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": obj["metadata"]["name"],
-                "uid": obj["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+        return {
+            "apiVersion": obj["apiVersion"],
+            "kind": obj["kind"],
+            "name": obj["metadata"]["name"],
+            "uid": obj["metadata"]["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
 
     @staticmethod
     def pod_ready(pod: dict) -> bool:
@@ -212,12 +234,16 @@ class Kubelet:
                 return c.get("status") == "True"
         return False
 
-    def _create_pod(self, ns: str, owner: dict, template: dict, name: str, extra_labels: dict) -> None:
+    def _create_pod(
+        self, ns: str, owner: dict, template: dict, name: str, extra_labels: dict
+    ) -> None:
         meta = dict(template.get("metadata") or {})
         pod = {
-            "apiVersion": "v1", "kind": "Pod",
+            "apiVersion": "v1",
+            "kind": "Pod",
             "metadata": {
-                "name": name, "namespace": ns,
+                "name": name,
+                "namespace": ns,
                 "labels": {**(meta.get("labels") or {}), **extra_labels},
                 "annotations": dict(meta.get("annotations") or {}),
                 "ownerReferences": [self._owner_ref(owner)],
@@ -230,10 +256,10 @@ class Kubelet:
             log.warning("cannot create pod %s/%s: %s", ns, name, e.message)
 
     def _delete(self, kind_key: str, obj: dict) -> None:
-        try:
-            self.store.delete(self.store.rt(kind_key), obj["metadata"].get("namespace"), obj["metadata"]["name"])
-        except ApiError:
-            pass
+        with contextlib.suppress(ApiError):
+            self.store.delete(
+                self.store.rt(kind_key), obj["metadata"].get("namespace"), obj["metadata"]["name"]
+            )
 
     # ------------------------------------------------------------------ deployments
 
@@ -246,22 +272,41 @@ class Kubelet:
             ns = meta["namespace"]
             template = spec.get("template") or {}
             thash = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
-            pods = [p for p in self._owned("pods", meta["uid"], ns) if not p["metadata"].get("deletionTimestamp")]
-            current = [p for p in pods if p["metadata"].get("labels", {}).get("pod-template-hash") == thash]
+            pods = [
+                p
+                for p in self._owned("pods", meta["uid"], ns)
+                if not p["metadata"].get("deletionTimestamp")
+            ]
+            current = [
+                p for p in pods if p["metadata"].get("labels", {}).get("pod-template-hash") == thash
+            ]
             outdated = [p for p in pods if p not in current]
             for p in outdated:  # Recreate-style rollout
                 self._delete("pods", p)
             replicas = int(spec.get("replicas", 1))
             for _ in range(replicas - len(current)):
-                self._create_pod(ns, d, template, f"{meta['name']}-{thash}-{rand_suffix()}",
-                                 {"pod-template-hash": thash})
+                self._create_pod(
+                    ns,
+                    d,
+                    template,
+                    f"{meta['name']}-{thash}-{rand_suffix()}",
+                    {"pod-template-hash": thash},
+                )
             if len(current) > replicas:
-                extra = sorted(current, key=lambda p: (self.pod_ready(p), p["metadata"]["creationTimestamp"]))
+                extra = sorted(
+                    current, key=lambda p: (self.pod_ready(p), p["metadata"]["creationTimestamp"])
+                )
                 for p in extra[: len(current) - replicas]:
                     self._delete("pods", p)
-            live = [p for p in self._owned("pods", meta["uid"], ns) if not p["metadata"].get("deletionTimestamp")]
+            live = [
+                p
+                for p in self._owned("pods", meta["uid"], ns)
+                if not p["metadata"].get("deletionTimestamp")
+            ]
             ready = sum(1 for p in live if self.pod_ready(p))
-            updated = sum(1 for p in live if p["metadata"].get("labels", {}).get("pod-template-hash") == thash)
+            updated = sum(
+                1 for p in live if p["metadata"].get("labels", {}).get("pod-template-hash") == thash
+            )
             available = ready >= replicas
 
             def upd(o: dict, live=live, ready=ready, updated=updated, available=available) -> None:
@@ -280,14 +325,30 @@ class Kubelet:
                     st.pop("availableReplicas", None)
                 old = {c["type"]: c for c in st.get("conditions") or []}
                 conds = []
-                for ctype, ok, reason in (("Available", available, "MinimumReplicasAvailable" if available
-                                           else "MinimumReplicasUnavailable"),
-                                          ("Progressing", True, "NewReplicaSetAvailable")):
+                for ctype, ok, reason in (
+                    (
+                        "Available",
+                        available,
+                        "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
+                    ),
+                    ("Progressing", True, "NewReplicaSetAvailable"),
+                ):
                     status = "True" if ok else "False"
                     prev = old.get(ctype)
-                    ts = prev["lastTransitionTime"] if prev and prev.get("status") == status else now_iso()
-                    conds.append({"type": ctype, "status": status, "reason": reason,
-                                  "lastTransitionTime": ts, "lastUpdateTime": ts})
+                    ts = (
+                        prev["lastTransitionTime"]
+                        if prev and prev.get("status") == status
+                        else now_iso()
+                    )
+                    conds.append(
+                        {
+                            "type": ctype,
+                            "status": status,
+                            "reason": reason,
+                            "lastTransitionTime": ts,
+                            "lastUpdateTime": ts,
+                        }
+                    )
                 st["conditions"] = conds
 
             self.store.update_internal(rt, ns, meta["name"], upd)
@@ -307,34 +368,51 @@ class Kubelet:
             finished = any(conds.get(t, {}).get("status") == "True" for t in ("Complete", "Failed"))
             if finished:
                 ttl = spec.get("ttlSecondsAfterFinished")
-                done_at = status.get("completionTime") or (conds.get("Failed") or {}).get("lastTransitionTime")
+                done_at = status.get("completionTime") or (conds.get("Failed") or {}).get(
+                    "lastTransitionTime"
+                )
                 if ttl is not None and done_at and now - _parse_ts(done_at) >= int(ttl):
-                    try:
+                    with contextlib.suppress(ApiError):
                         self.store.delete(rt, ns, meta["name"], {"propagationPolicy": "Background"})
-                    except ApiError:
-                        pass
                 continue
             if spec.get("suspend"):
                 continue
             pods = self._owned("pods", uid, ns)
             policy = (spec.get("template", {}).get("spec", {}) or {}).get("restartPolicy", "Never")
-            active = [p for p in pods if p.get("status", {}).get("phase") in ("Pending", "Running", None)
-                      and not p["metadata"].get("deletionTimestamp")]
+            active = [
+                p
+                for p in pods
+                if p.get("status", {}).get("phase") in ("Pending", "Running", None)
+                and not p["metadata"].get("deletionTimestamp")
+            ]
             succeeded = sum(1 for p in pods if p.get("status", {}).get("phase") == "Succeeded")
             failed = sum(1 for p in pods if p.get("status", {}).get("phase") == "Failed")
             if policy == "OnFailure":
-                failed += sum(cs.get("restartCount", 0) for p in pods
-                              for cs in p.get("status", {}).get("containerStatuses") or [])
+                failed += sum(
+                    cs.get("restartCount", 0)
+                    for p in pods
+                    for cs in p.get("status", {}).get("containerStatuses") or []
+                )
             start = status.get("startTime") or now_iso()
             completions = int(spec.get("completions") or 1)
             parallelism = int(spec.get("parallelism") if spec.get("parallelism") is not None else 1)
-            backoff_limit = int(spec.get("backoffLimit") if spec.get("backoffLimit") is not None else 6)
+            backoff_limit = int(
+                spec.get("backoffLimit") if spec.get("backoffLimit") is not None else 6
+            )
             ads = spec.get("activeDeadlineSeconds")
             verdict: tuple[str, str, str] | None = None
             if ads is not None and now - _parse_ts(start) >= int(ads):
-                verdict = ("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")
+                verdict = (
+                    "Failed",
+                    "DeadlineExceeded",
+                    "Job was active longer than specified deadline",
+                )
             elif failed > backoff_limit:
-                verdict = ("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+                verdict = (
+                    "Failed",
+                    "BackoffLimitExceeded",
+                    "Job has reached the specified backoff limit",
+                )
             elif succeeded >= completions:
                 verdict = ("Complete", "", "")
             if verdict and verdict[0] == "Failed":
@@ -346,18 +424,37 @@ class Kubelet:
                 key = f"{ns}/{meta['name']}"
                 if want > 0 and now >= self._job_backoff.get(key, 0):
                     for _ in range(want):
-                        self._create_pod(ns, j, spec.get("template") or {}, f"{meta['name']}-{rand_suffix()}",
-                                         {"batch.kubernetes.io/job-name": meta["name"], "job-name": meta["name"],
-                                          "batch.kubernetes.io/controller-uid": uid, "controller-uid": uid})
+                        self._create_pod(
+                            ns,
+                            j,
+                            spec.get("template") or {},
+                            f"{meta['name']}-{rand_suffix()}",
+                            {
+                                "batch.kubernetes.io/job-name": meta["name"],
+                                "job-name": meta["name"],
+                                "batch.kubernetes.io/controller-uid": uid,
+                                "controller-uid": uid,
+                            },
+                        )
                     if failed:
                         self._job_backoff[key] = now + min(0.5 * 2 ** (failed - 1), 5.0)
-                    active = [p for p in self._owned("pods", uid, ns)
-                              if p.get("status", {}).get("phase") in ("Pending", "Running", None)
-                              and not p["metadata"].get("deletionTimestamp")]
+                    active = [
+                        p
+                        for p in self._owned("pods", uid, ns)
+                        if p.get("status", {}).get("phase") in ("Pending", "Running", None)
+                        and not p["metadata"].get("deletionTimestamp")
+                    ]
             ready = sum(1 for p in active if self.pod_ready(p))
 
-            def upd(o: dict, active=active, succeeded=succeeded, failed=failed, verdict=verdict,
-                    start=start, ready=ready) -> None:
+            def upd(
+                o: dict,
+                active=active,
+                succeeded=succeeded,
+                failed=failed,
+                verdict=verdict,
+                start=start,
+                ready=ready,
+            ) -> None:
                 st = o.setdefault("status", {})
                 st["startTime"] = start
                 for k, v in (("active", len(active)), ("succeeded", succeeded), ("failed", failed)):
@@ -373,17 +470,47 @@ class Kubelet:
                     conds = list(st.get("conditions") or [])
                     if kind == "Complete":
                         st["completionTime"] = ts
-                        conds.append({"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
-                                      "message": "Reached expected number of succeeded pods",
-                                      "lastProbeTime": ts, "lastTransitionTime": ts})
-                        conds.append({"type": "Complete", "status": "True", "reason": "CompletionsReached",
-                                      "message": "Reached expected number of succeeded pods",
-                                      "lastProbeTime": ts, "lastTransitionTime": ts})
+                        conds.append(
+                            {
+                                "type": "SuccessCriteriaMet",
+                                "status": "True",
+                                "reason": "CompletionsReached",
+                                "message": "Reached expected number of succeeded pods",
+                                "lastProbeTime": ts,
+                                "lastTransitionTime": ts,
+                            }
+                        )
+                        conds.append(
+                            {
+                                "type": "Complete",
+                                "status": "True",
+                                "reason": "CompletionsReached",
+                                "message": "Reached expected number of succeeded pods",
+                                "lastProbeTime": ts,
+                                "lastTransitionTime": ts,
+                            }
+                        )
                     else:
-                        conds.append({"type": "FailureTarget", "status": "True", "reason": reason,
-                                      "message": message, "lastProbeTime": ts, "lastTransitionTime": ts})
-                        conds.append({"type": "Failed", "status": "True", "reason": reason, "message": message,
-                                      "lastProbeTime": ts, "lastTransitionTime": ts})
+                        conds.append(
+                            {
+                                "type": "FailureTarget",
+                                "status": "True",
+                                "reason": reason,
+                                "message": message,
+                                "lastProbeTime": ts,
+                                "lastTransitionTime": ts,
+                            }
+                        )
+                        conds.append(
+                            {
+                                "type": "Failed",
+                                "status": "True",
+                                "reason": reason,
+                                "message": message,
+                                "lastProbeTime": ts,
+                                "lastTransitionTime": ts,
+                            }
+                        )
                     st["conditions"] = conds
 
             self.store.update_internal(rt, ns, meta["name"], upd)
@@ -402,27 +529,40 @@ class Kubelet:
             if not selector:
                 continue
             ready = sorted(
-                (p for p in pods if p["metadata"]["namespace"] == ns and self.pod_ready(p)
-                 and label_selector_matches({"matchLabels": selector}, p["metadata"].get("labels"))),
-                key=lambda p: p["metadata"]["creationTimestamp"])
+                (
+                    p
+                    for p in pods
+                    if p["metadata"]["namespace"] == ns
+                    and self.pod_ready(p)
+                    and label_selector_matches(
+                        {"matchLabels": selector}, p["metadata"].get("labels")
+                    )
+                ),
+                key=lambda p: p["metadata"]["creationTimestamp"],
+            )
             if not ready:
                 continue
             ip = ready[0]["status"]["podIP"]
             names.setdefault(ns, {})[meta["name"]] = ip
             if "loadBalancer" not in svc.get("status", {}) or (
-                    spec.get("type") == "LoadBalancer"
-                    and not svc["status"]["loadBalancer"].get("ingress")):
+                spec.get("type") == "LoadBalancer"
+                and not svc["status"]["loadBalancer"].get("ingress")
+            ):
+
                 def upd(o: dict, ip=ip) -> None:
                     lb: dict = {}
                     if o["spec"].get("type") == "LoadBalancer":
                         lb["ingress"] = [{"ip": ip, "ipMode": "VIP"}]
                     o["status"] = {"loadBalancer": lb}
+
                 self.store.update_internal(rt_svc, ns, meta["name"], upd)
         pod_names: dict[str, list[tuple[str, str]]] = {}
         for p in pods:
             if p["metadata"].get("deletionTimestamp"):
                 continue
-            pod_names.setdefault(p["metadata"]["namespace"], []).append((p["status"]["podIP"], p["metadata"]["name"]))
+            pod_names.setdefault(p["metadata"]["namespace"], []).append(
+                (p["status"]["podIP"], p["metadata"]["name"])
+            )
         self._write_hosts(names, pod_names)
 
     def hosts_file(self, ns: str) -> pathlib.Path:
@@ -435,8 +575,11 @@ class Kubelet:
             for svc, ip in sorted(svcs.items()):
                 fq.append(f"{ip}\t{svc}.{ns} {svc}.{ns}.svc {svc}.{ns}.svc.cluster.local")
         files = {"": self._base_hosts + "\n".join(fq) + "\n"}
-        namespaces = set(names) | set(pod_names) | {
-            p.name[len("hosts."):] for p in self.dns_dir.glob("hosts.*")}
+        namespaces = (
+            set(names)
+            | set(pod_names)
+            | {p.name[len("hosts.") :] for p in self.dns_dir.glob("hosts.*")}
+        )
         for ns in namespaces:
             short = [f"{ip}\t{svc}" for svc, ip in sorted(names.get(ns, {}).items())]
             own = [f"{ip}\t{name}" for ip, name in sorted(pod_names.get(ns, []))]
@@ -468,19 +611,23 @@ class Kubelet:
                 pr = None
             if meta.get("deletionTimestamp"):
                 if pr is None:
-                    try:
+                    with contextlib.suppress(ApiError):
                         self.store.delete(rt, key[0], key[1], force=True)
-                    except ApiError:
-                        pass
                 else:
                     pr.terminating = True
                 continue
-            if pr is None and pod.get("spec", {}).get("nodeName") in (None, NODE_NAME) and \
-                    pod.get("status", {}).get("phase") in ("Pending", None):
+            if (
+                pr is None
+                and pod.get("spec", {}).get("nodeName") in (None, NODE_NAME)
+                and pod.get("status", {}).get("phase") in ("Pending", None)
+            ):
                 self._start_pod(pod)
         for key, pr in list(self.pods.items()):
-            if key not in seen or self.store.try_get(rt, *key) is None or \
-                    self.store.get(rt, *key)["metadata"]["uid"] != pr.uid:
+            if (
+                key not in seen
+                or self.store.try_get(rt, *key) is None
+                or self.store.get(rt, *key)["metadata"]["uid"] != pr.uid
+            ):
                 pr.gone = True
                 pr.terminating = True
 
@@ -491,7 +638,11 @@ class Kubelet:
         pdir = self.dir / "pods" / f"{ns}_{name}_{meta['uid'][:8]}"
         (pdir / "logs").mkdir(parents=True, exist_ok=True)
         pr = PodRuntime(
-            ns=ns, name=name, uid=meta["uid"], ip=ip, dir=pdir,
+            ns=ns,
+            name=name,
+            uid=meta["uid"],
+            ip=ip,
+            dir=pdir,
             init=[Container(c, init=True) for c in spec.get("initContainers") or []],
             containers=[Container(c) for c in spec.get("containers") or []],
         )
@@ -504,16 +655,36 @@ class Kubelet:
         def upd(o: dict) -> None:
             o["spec"]["nodeName"] = NODE_NAME
             st = o.setdefault("status", {})
-            st.update(phase="Pending", podIP=ip, podIPs=[{"ip": ip}], hostIP="127.0.0.1",
-                      hostIPs=[{"ip": "127.0.0.1"}], startTime=ts)
+            st.update(
+                phase="Pending",
+                podIP=ip,
+                podIPs=[{"ip": ip}],
+                hostIP="127.0.0.1",
+                hostIPs=[{"ip": "127.0.0.1"}],
+                startTime=ts,
+            )
             st["conditions"] = [
                 {"type": "PodReadyToStartContainers", "status": "True", "lastTransitionTime": ts},
-                {"type": "Initialized", "status": "False" if pr.init else "True", "lastTransitionTime": ts},
-                {"type": "Ready", "status": "False", "lastTransitionTime": ts, "reason": "ContainersNotReady"},
-                {"type": "ContainersReady", "status": "False", "lastTransitionTime": ts,
-                 "reason": "ContainersNotReady"},
+                {
+                    "type": "Initialized",
+                    "status": "False" if pr.init else "True",
+                    "lastTransitionTime": ts,
+                },
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "lastTransitionTime": ts,
+                    "reason": "ContainersNotReady",
+                },
+                {
+                    "type": "ContainersReady",
+                    "status": "False",
+                    "lastTransitionTime": ts,
+                    "reason": "ContainersNotReady",
+                },
                 {"type": "PodScheduled", "status": "True", "lastTransitionTime": ts},
             ]
+
         self.store.update_internal(self.store.rt("pods"), ns, name, upd)
         pr.task = asyncio.get_running_loop().create_task(self._pod_main(pr))
 
@@ -547,11 +718,16 @@ class Kubelet:
                 while not pr.terminating:
                     changed = False
                     for c in pr.containers:
-                        if c.proc is None and c.exit_code is None and time.monotonic() >= c.next_start:
-                            self._launch(pr, c)
-                            changed = True
-                        elif c.proc is None and c.exit_code is not None and c.next_start and \
-                                time.monotonic() >= c.next_start:
+                        if (
+                            c.proc is None
+                            and c.exit_code is None
+                            and time.monotonic() >= c.next_start
+                        ) or (
+                            c.proc is None
+                            and c.exit_code is not None
+                            and c.next_start
+                            and time.monotonic() >= c.next_start
+                        ):
                             self._launch(pr, c)
                             changed = True
                         elif c.proc is not None and c.proc.poll() is not None:
@@ -563,8 +739,15 @@ class Kubelet:
                             if time.monotonic() - c.started_mono > 10:
                                 c.backoff = 0.0
                             changed |= await self._probe(pr, c)
-                    if all(c.proc is None and c.exit_code is not None and not c.next_start for c in pr.containers):
-                        pr.phase = "Succeeded" if all(c.exit_code == 0 for c in pr.containers) else "Failed"
+                    if all(
+                        c.proc is None and c.exit_code is not None and not c.next_start
+                        for c in pr.containers
+                    ):
+                        pr.phase = (
+                            "Succeeded"
+                            if all(c.exit_code == 0 for c in pr.containers)
+                            else "Failed"
+                        )
                         self._write_status(pr)
                         break
                     if changed:
@@ -584,17 +767,25 @@ class Kubelet:
     def _schedule_restart(self, c: Container) -> None:
         c.backoff = min(max(c.backoff * 2, 1.0), 10.0)
         c.next_start = time.monotonic() + c.backoff
-        c.state = {"waiting": {"reason": "CrashLoopBackOff",
-                               "message": f"back-off {c.backoff:.0f}s restarting failed container={c.name}"}}
+        c.state = {
+            "waiting": {
+                "reason": "CrashLoopBackOff",
+                "message": f"back-off {c.backoff:.0f}s restarting failed container={c.name}",
+            }
+        }
 
     def _on_exit(self, pr: PodRuntime, c: Container) -> None:
         assert c.proc is not None
         rc = c.proc.returncode
         code = rc if rc >= 0 else 128 - rc
         c.exit_code = code
-        term = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
-                "startedAt": c.started_at, "finishedAt": now_iso(),
-                "containerID": f"emu://{c.proc.pid}"}
+        term = {
+            "exitCode": code,
+            "reason": "Completed" if code == 0 else "Error",
+            "startedAt": c.started_at,
+            "finishedAt": now_iso(),
+            "containerID": f"emu://{c.proc.pid}",
+        }
         if rc < 0:
             term["signal"] = -rc
         c.state = {"terminated": term}
@@ -647,11 +838,17 @@ class Kubelet:
                 port = self._port(c, hg.get("port"))
                 host = hg.get("host") or pr.ip
                 path = hg.get("path", "/")
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, port), timeout
+                )
                 try:
-                    headers = "".join(f"{h['name']}: {h['value']}\r\n" for h in hg.get("httpHeaders") or [])
-                    writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.31\r\n"
-                                 f"{headers}\r\n".encode())
+                    headers = "".join(
+                        f"{h['name']}: {h['value']}\r\n" for h in hg.get("httpHeaders") or []
+                    )
+                    writer.write(
+                        f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.31\r\n"
+                        f"{headers}\r\n".encode()
+                    )
                     await writer.drain()
                     line = await asyncio.wait_for(reader.readline(), timeout)
                 finally:
@@ -668,11 +865,15 @@ class Kubelet:
                 if not launch:
                     return False
                 proc = await asyncio.create_subprocess_exec(
-                    *probe["exec"].get("command", []), env=launch["env"], cwd=launch["cwd"],
-                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+                    *probe["exec"].get("command", []),
+                    env=launch["env"],
+                    cwd=launch["cwd"],
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
                 try:
                     return await asyncio.wait_for(proc.wait(), timeout + 5) == 0
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     proc.kill()
                     return False
             return True
@@ -699,12 +900,30 @@ class Kubelet:
             if c.last_terminated:
                 c.last_state = {"terminated": c.last_terminated}
         c.log_path = pr.dir / "logs" / f"{c.name}-{c.restart_count}.log"
-        logf = open(c.log_path, "ab")
-        argv = ["unshare", "--mount", "--uts", "--propagation", "private", "--",
-                sys.executable, "-I", "-S", str(PODRUN), str(spec_path)]
+        logf = open(c.log_path, "ab")  # noqa: SIM115 (handed to Popen)
+        argv = [
+            "unshare",
+            "--mount",
+            "--uts",
+            "--propagation",
+            "private",
+            "--",
+            sys.executable,
+            "-I",
+            "-S",
+            str(PODRUN),
+            str(spec_path),
+        ]
         try:
-            c.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                      start_new_session=True, preexec_fn=_pdeathsig, close_fds=True)
+            c.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_pdeathsig,
+                close_fds=True,
+            )
         finally:
             logf.close()
         c.exit_code = None
@@ -715,7 +934,14 @@ class Kubelet:
         c.ready = False
         c.probe_ok = c.probe_fail = 0
         c.next_probe = 0.0
-        log.info("pod %s/%s container %s started: pid %s %s", pr.ns, pr.name, c.name, c.proc.pid, spec["argv"])
+        log.info(
+            "pod %s/%s container %s started: pid %s %s",
+            pr.ns,
+            pr.name,
+            c.name,
+            c.proc.pid,
+            spec["argv"],
+        )
 
     def _launch_spec(self, pr: PodRuntime, pod: dict, c: Container) -> dict:
         cspec = c.spec
@@ -724,12 +950,61 @@ class Kubelet:
         args = [expand(x, env) for x in cspec.get("args") or []]
         argv = command + args if command else args
         if not argv:
-            raise ConfigError(f"container {c.name!r} has neither command nor args (images are not emulated)")
+            raise ConfigError(
+                f"container {c.name!r} has neither command nor args (images are not emulated)"
+            )
         mounts = self._volume_mounts(pr, pod, cspec)
         mounts.append({"src": str(self.hosts_file(pr.ns)), "dst": "/etc/hosts", "readOnly": False})
-        cwd = cspec.get("workingDir") or str(pr.dir / "work" / c.name)
-        return {"argv": argv, "env": env, "cwd": cwd, "mounts": mounts, "hostname": pr.name,
-                "overlay_dir": str(pr.dir / "overlay" / c.name)}
+        cwd = cspec.get("workingDir")
+        if not cwd:
+            cwd = str(pr.dir / "work" / c.name)
+            os.makedirs(cwd, exist_ok=True)
+        for path, is_dir in [(m["dst"], os.path.isdir(m["src"])) for m in mounts] + [(cwd, True)]:
+            self._claim_host_path(pr, path, is_dir)
+        return {
+            "argv": argv,
+            "env": env,
+            "cwd": cwd,
+            "mounts": mounts,
+            "hostname": pr.name,
+            "overlay_dir": str(pr.dir / "overlay" / c.name),
+        }
+
+    def _claim_host_path(self, pr: PodRuntime, path: str, is_dir: bool) -> None:
+        """Mount points / working dirs that do not exist: podrun creates them inside an
+        overlay of their nearest existing parent, except directly under '/', which cannot
+        be overlaid; those are created on the host here and removed when no pod uses them."""
+        if os.path.lexists(path):
+            if path in self.host_paths:
+                self.host_paths[path].add(pr.uid)
+                pr.host_paths.add(path)
+            return
+        top, parent = path.rstrip("/"), os.path.dirname(path.rstrip("/"))
+        while not os.path.lexists(parent):
+            top, parent = parent, os.path.dirname(parent)
+        if parent != "/":
+            return
+        if is_dir:
+            os.makedirs(path, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            open(path, "a").close()
+        self.host_paths.setdefault(top, set()).add(pr.uid)
+        pr.host_paths.add(top)
+
+    def _release_host_paths(self, pr: PodRuntime) -> None:
+        for top in pr.host_paths:
+            users = self.host_paths.get(top, set())
+            users.discard(pr.uid)
+            if users:
+                continue
+            self.host_paths.pop(top, None)
+            with contextlib.suppress(OSError):
+                if os.path.isdir(top) and not any(f for _, _, f in os.walk(top)):
+                    shutil.rmtree(top)
+                elif os.path.isfile(top) and os.path.getsize(top) == 0:
+                    os.unlink(top)
+        pr.host_paths.clear()
 
     # --- env
 
@@ -742,9 +1017,14 @@ class Kubelet:
         if m:
             return str((meta.get(m.group(1)) or {}).get(m.group(2), ""))
         return {
-            "metadata.name": meta["name"], "metadata.namespace": meta["namespace"], "metadata.uid": meta["uid"],
-            "spec.nodeName": NODE_NAME, "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
-            "status.podIP": pr.ip, "status.podIPs": pr.ip, "status.hostIP": "127.0.0.1",
+            "metadata.name": meta["name"],
+            "metadata.namespace": meta["namespace"],
+            "metadata.uid": meta["uid"],
+            "spec.nodeName": NODE_NAME,
+            "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
+            "status.podIP": pr.ip,
+            "status.podIPs": pr.ip,
+            "status.hostIP": "127.0.0.1",
             "status.hostIPs": "127.0.0.1",
         }.get(path, "")
 
@@ -793,22 +1073,37 @@ class Kubelet:
             elif "secretKeyRef" in vf or "configMapKeyRef" in vf:
                 is_secret = "secretKeyRef" in vf
                 ref = vf["secretKeyRef" if is_secret else "configMapKeyRef"]
-                obj = self._get_obj("secrets" if is_secret else "configmaps", ns, ref.get("name", ""))
+                obj = self._get_obj(
+                    "secrets" if is_secret else "configmaps", ns, ref.get("name", "")
+                )
                 value = None
                 if obj is not None:
-                    value = decode_secret_value(obj, ref["key"]) if is_secret else (obj.get("data") or {}).get(ref["key"])
+                    value = (
+                        decode_secret_value(obj, ref["key"])
+                        if is_secret
+                        else (obj.get("data") or {}).get(ref["key"])
+                    )
                 if value is None:
                     if ref.get("optional"):
                         continue
                     kind = "secret" if is_secret else "configmap"
-                    raise ConfigError(f'couldn\'t find key {ref["key"]} in {kind} {ns}/{ref.get("name")}')
+                    raise ConfigError(
+                        f"couldn't find key {ref['key']} in {kind} {ns}/{ref.get('name')}"
+                    )
                 env[name] = value
             elif "resourceFieldRef" in vf:
-                env[name] = str(os.cpu_count() or 1) if "cpu" in vf["resourceFieldRef"].get("resource", "") \
-                    else str(16 * 2 ** 30)
+                env[name] = (
+                    str(os.cpu_count() or 1)
+                    if "cpu" in vf["resourceFieldRef"].get("resource", "")
+                    else str(16 * 2**30)
+                )
         # Our pod shim goes first on PYTHONPATH (chains to any other sitecustomize).
-        env["PYTHONPATH"] = str(PODSHIM) + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["PYTHONPATH"] = str(PODSHIM) + (
+            ":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+        )
         env["KUBE_EMU_POD_IP"] = pr.ip
+        env["KUBE_EMU_POD"] = f"{pr.ns}/{pr.name}"
+        env["KUBE_EMU_STATE"] = str(self.dir)
         return env
 
     # --- volumes
@@ -825,15 +1120,23 @@ class Kubelet:
                 src = src / expand(vm["subPath"], {})
                 if not src.exists():
                     src.mkdir(parents=True, exist_ok=True)
-            mounts.append({"src": str(src), "dst": vm["mountPath"], "readOnly": bool(vm.get("readOnly"))})
+            mounts.append(
+                {"src": str(src), "dst": vm["mountPath"], "readOnly": bool(vm.get("readOnly"))}
+            )
         return mounts
 
-    def _write_items(self, target: pathlib.Path, data: dict[str, bytes], items: list | None, mode: int) -> None:
+    def _write_items(
+        self, target: pathlib.Path, data: dict[str, bytes], items: list | None, mode: int
+    ) -> None:
         if target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
         if items:
-            chosen = [(it["key"], it.get("path", it["key"]), it.get("mode", mode)) for it in items if it["key"] in data]
+            chosen = [
+                (it["key"], it.get("path", it["key"]), it.get("mode", mode))
+                for it in items
+                if it["key"] in data
+            ]
         else:
             chosen = [(k, k, mode) for k in data]
         for key, path, m in chosen:
@@ -850,9 +1153,12 @@ class Kubelet:
                 return {}
             return None
         if kind == "secrets":
-            return {k: (decode_secret_value(obj, k) or "").encode() if k in (obj.get("stringData") or {})
-                    else base64.b64decode(v) for k, v in {**(obj.get("data") or {}),
-                                                          **(obj.get("stringData") or {})}.items()}
+            return {
+                k: (decode_secret_value(obj, k) or "").encode()
+                if k in (obj.get("stringData") or {})
+                else base64.b64decode(v)
+                for k, v in {**(obj.get("data") or {}), **(obj.get("stringData") or {})}.items()
+            }
         out = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
         out.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
         return out
@@ -868,20 +1174,34 @@ class Kubelet:
                 p.mkdir(parents=True, exist_ok=True)
             return p
         if "configMap" in vol or "secret" in vol:
-            kind, src = ("configmaps", vol["configMap"]) if "configMap" in vol else ("secrets", vol["secret"])
+            kind, src = (
+                ("configmaps", vol["configMap"])
+                if "configMap" in vol
+                else ("secrets", vol["secret"])
+            )
             data = self._source_data(pr, kind, src)
             if data is None:
-                raise ConfigError(f'{kind[:-1]} "{src.get("name") or src.get("secretName")}" not found')
+                raise ConfigError(
+                    f'{kind[:-1]} "{src.get("name") or src.get("secretName")}" not found'
+                )
             self._write_items(target, data, src.get("items"), src.get("defaultMode", 0o644))
             return target
         if "downwardAPI" in vol or "projected" in vol:
             if target.exists():
                 shutil.rmtree(target)
             target.mkdir(parents=True)
-            sources = vol["projected"].get("sources", []) if "projected" in vol else [{"downwardAPI": vol["downwardAPI"]}]
+            sources = (
+                vol["projected"].get("sources", [])
+                if "projected" in vol
+                else [{"downwardAPI": vol["downwardAPI"]}]
+            )
             for s in sources:
                 if "configMap" in s or "secret" in s:
-                    kind, src = ("configmaps", s["configMap"]) if "configMap" in s else ("secrets", s["secret"])
+                    kind, src = (
+                        ("configmaps", s["configMap"])
+                        if "configMap" in s
+                        else ("secrets", s["secret"])
+                    )
                     data = self._source_data(pr, kind, src)
                     if data is None:
                         raise ConfigError(f'{kind[:-1]} "{src.get("name")}" not found')
@@ -901,7 +1221,9 @@ class Kubelet:
                         (target / it["path"]).parent.mkdir(parents=True, exist_ok=True)
                         (target / it["path"]).write_text(value)
                 elif "serviceAccountToken" in s:
-                    (target / s["serviceAccountToken"].get("path", "token")).write_text("kube-emu-token")
+                    (target / s["serviceAccountToken"].get("path", "token")).write_text(
+                        "kube-emu-token"
+                    )
             return target
         # PVCs and anything else: a scratch directory (not persistent across pods).
         target.mkdir(parents=True, exist_ok=True)
@@ -910,9 +1232,16 @@ class Kubelet:
     # --- status
 
     def _container_status(self, c: Container, pod_spec: dict) -> dict:
-        st = {"name": c.name, "image": c.spec.get("image", ""), "imageID": "", "ready": c.ready,
-              "restartCount": c.restart_count, "started": c.proc is not None, "state": c.state,
-              "lastState": c.last_state}
+        st = {
+            "name": c.name,
+            "image": c.spec.get("image", ""),
+            "imageID": "",
+            "ready": c.ready,
+            "restartCount": c.restart_count,
+            "started": c.proc is not None,
+            "state": c.state,
+            "lastState": c.last_state,
+        }
         if c.proc is not None:
             st["containerID"] = f"emu://{c.proc.pid}"
         return st
@@ -933,18 +1262,28 @@ class Kubelet:
             st["phase"] = pr.phase
             st["containerStatuses"] = [self._container_status(c, o["spec"]) for c in pr.containers]
             if pr.init:
-                st["initContainerStatuses"] = [self._container_status(c, o["spec"]) for c in pr.init]
+                st["initContainerStatuses"] = [
+                    self._container_status(c, o["spec"]) for c in pr.init
+                ]
             conds = {c["type"]: c for c in st.get("conditions") or []}
-            for ctype, ok in (("Initialized", init_done), ("Ready", all_ready and pr.phase == "Running"),
-                              ("ContainersReady", all_ready and pr.phase == "Running")):
+            for ctype, ok in (
+                ("Initialized", init_done),
+                ("Ready", all_ready and pr.phase == "Running"),
+                ("ContainersReady", all_ready and pr.phase == "Running"),
+            ):
                 status = "True" if ok else "False"
                 prev = conds.get(ctype)
                 if prev is None or prev.get("status") != status:
                     new = {"type": ctype, "status": status, "lastTransitionTime": ts}
                     if not ok and ctype != "Initialized":
-                        new["reason"] = "PodCompleted" if pr.phase in ("Succeeded", "Failed") else "ContainersNotReady"
+                        new["reason"] = (
+                            "PodCompleted"
+                            if pr.phase in ("Succeeded", "Failed")
+                            else "ContainersNotReady"
+                        )
                     conds[ctype] = new
             st["conditions"] = list(conds.values())
+
         self.store.update_internal(rt, pr.ns, pr.name, upd)
 
     async def _terminate(self, pr: PodRuntime) -> None:
@@ -952,13 +1291,16 @@ class Kubelet:
         pod = self.store.try_get(rt, pr.ns, pr.name)
         grace = 30
         if pod is not None and pod["metadata"].get("uid") == pr.uid:
-            grace = pod["metadata"].get("deletionGracePeriodSeconds",
-                                        pod["spec"].get("terminationGracePeriodSeconds", 30))
+            grace = pod["metadata"].get(
+                "deletionGracePeriodSeconds", pod["spec"].get("terminationGracePeriodSeconds", 30)
+            )
         running = [c for c in pr.init + pr.containers if c.proc is not None]
         for c in running:
             _killpg(c.proc, signal.SIGTERM)
         deadline = time.monotonic() + float(grace)
-        while running and time.monotonic() < deadline and any(c.proc.poll() is None for c in running):
+        while (
+            running and time.monotonic() < deadline and any(c.proc.poll() is None for c in running)
+        ):
             await asyncio.sleep(0.1)
         for c in running:
             if c.proc.poll() is None:
@@ -966,10 +1308,8 @@ class Kubelet:
                 await asyncio.sleep(0.05)
             # Kill whatever is left in the process group (e.g. nanny children).
             _killpg(c.proc, signal.SIGKILL)
-            try:
+            with contextlib.suppress(Exception):
                 c.proc.wait(5)
-            except Exception:
-                pass
             self._on_exit(pr, c)
         if not pr.gone and pod is not None and pod["metadata"].get("uid") == pr.uid:
             if pr.phase not in ("Succeeded", "Failed"):
@@ -978,42 +1318,67 @@ class Kubelet:
             for c in pr.containers:
                 c.ready = False
             self._write_status(pr)
-            try:
+            with contextlib.suppress(ApiError):
                 self.store.delete(rt, pr.ns, pr.name, force=True)
-            except ApiError:
-                pass
         if self.pods.get((pr.ns, pr.name)) is pr:
             del self.pods[(pr.ns, pr.name)]
         self.free_ips.append(pr.ip)
+        self._release_host_paths(pr)
         self.dirty.set()
 
     # ------------------------------------------------------------------ logs
 
-    async def serve_logs(self, ns: str, name: str, q: dict, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+    async def serve_logs(
+        self, ns: str, name: str, q: dict, raw: aiohttp.web.BaseRequest
+    ) -> aiohttp.web.StreamResponse:
         pod = self.store.get(self.store.rt("pods"), ns, name)
-        names = [c["name"] for c in pod["spec"].get("containers", []) + pod["spec"].get("initContainers", [])]
+        names = [
+            c["name"]
+            for c in pod["spec"].get("containers", []) + pod["spec"].get("initContainers", [])
+        ]
         cname = q.get("container")
         if not cname:
             if len(pod["spec"].get("containers", [])) != 1:
-                raise ApiError(400, "BadRequest", f"a container name must be specified for pod {name}, "
-                                                  f"choose one of: {names}")
+                raise ApiError(
+                    400,
+                    "BadRequest",
+                    f"a container name must be specified for pod {name}, choose one of: {names}",
+                )
             cname = pod["spec"]["containers"][0]["name"]
         if cname not in names:
             raise ApiError(400, "BadRequest", f"container {cname} is not valid for pod {name}")
         pr = self.pods.get((ns, name))
-        pdir = pr.dir if pr else next(iter(sorted((self.dir / "pods").glob(f"{ns}_{name}_{pod['metadata']['uid'][:8]}"))),
-                                      None)
-        logs = sorted((pdir / "logs").glob(f"{cname}-*.log"), key=lambda p: int(p.stem.rsplit("-", 1)[1])) \
-            if pdir else []
+        pdir = (
+            pr.dir
+            if pr
+            else next(
+                iter(sorted((self.dir / "pods").glob(f"{ns}_{name}_{pod['metadata']['uid'][:8]}"))),
+                None,
+            )
+        )
+        logs = (
+            sorted(
+                (pdir / "logs").glob(f"{cname}-*.log"), key=lambda p: int(p.stem.rsplit("-", 1)[1])
+            )
+            if pdir
+            else []
+        )
         if q.get("previous") in ("true", "1"):
             logs = logs[-2:-1]
             if not logs:
-                raise ApiError(400, "BadRequest", f'previous terminated container "{cname}" in pod "{name}" not found')
+                raise ApiError(
+                    400,
+                    "BadRequest",
+                    f'previous terminated container "{cname}" in pod "{name}" not found',
+                )
         else:
             logs = logs[-1:]
         if not logs:
-            raise ApiError(400, "BadRequest", f'container "{cname}" in pod "{name}" is waiting to start: '
-                                              "ContainerCreating")
+            raise ApiError(
+                400,
+                "BadRequest",
+                f'container "{cname}" in pod "{name}" is waiting to start: ContainerCreating',
+            )
         path = logs[0]
         data = path.read_bytes()
         if q.get("tailLines"):
@@ -1040,7 +1405,9 @@ class Kubelet:
                     pos = size
                     await resp.write(chunk)
                 cur = self.pods.get((ns, name))
-                alive = cur is not None and any(c.name == cname and c.proc is not None for c in cur.containers + cur.init)
+                alive = cur is not None and any(
+                    c.name == cname and c.proc is not None for c in cur.containers + cur.init
+                )
                 if not alive and path.stat().st_size == pos:
                     break
         except ConnectionError:
@@ -1050,12 +1417,15 @@ class Kubelet:
 
 
 def _killpg(proc: subprocess.Popen, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _parse_ts(ts: str) -> float:
     import datetime
-    return datetime.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc).timestamp()
+
+    return (
+        datetime.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ")
+        .replace(tzinfo=datetime.UTC)
+        .timestamp()
+    )

@@ -5,6 +5,7 @@ directories, bind-mounts the pod's volumes and its /etc/hosts, sets the
 hostname, then exec()s the container command (same pid, so the kubelet's
 signals and PDEATHSIG reach the real process).
 """
+
 import ctypes
 import json
 import os
@@ -15,50 +16,64 @@ libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
 
 def mount(src, dst, fstype, flags, data):
-    rc = libc.mount(src.encode() if src else None, dst.encode(), fstype.encode() if fstype else None,
-                    flags, data.encode() if data else None)
+    rc = libc.mount(
+        src.encode() if src else None,
+        dst.encode(),
+        fstype.encode() if fstype else None,
+        flags,
+        data.encode() if data else None,
+    )
     if rc != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount {src} -> {dst}: {os.strerror(err)}")
 
 
 def main():
-    spec = json.load(open(sys.argv[1]))
+    with open(sys.argv[1]) as f:
+        spec = json.load(f)
     overlaid = set()
+
+    def ensure(dst, is_dir):
+        """Create a missing path inside an overlay of its nearest existing parent, so the
+        host's filesystem is not touched (the kubelet pre-creates paths directly under /)."""
+        if os.path.lexists(dst):
+            return
+        anc = os.path.dirname(dst.rstrip("/")) or "/"
+        while not os.path.isdir(anc):
+            anc = os.path.dirname(anc) or "/"
+        if anc != "/" and anc not in overlaid:
+            key = anc.strip("/").replace("/", "_")
+            upper = os.path.join(spec["overlay_dir"], key, "upper")
+            work = os.path.join(spec["overlay_dir"], key, "work")
+            os.makedirs(upper, exist_ok=True)
+            os.makedirs(work, exist_ok=True)
+            mount("overlay", anc, "overlay", 0, f"lowerdir={anc},upperdir={upper},workdir={work}")
+            overlaid.add(anc)
+        if is_dir:
+            os.makedirs(dst, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            open(dst, "a").close()
+
     for m in spec["mounts"]:
-        dst, src = m["dst"], m["src"]
-        is_dir = os.path.isdir(src)
-        if not os.path.lexists(dst):
-            # Find the deepest existing ancestor and overlay it so we can create the
-            # mount point without touching the host's filesystem.
-            anc = os.path.dirname(dst.rstrip("/")) or "/"
-            while not os.path.isdir(anc):
-                anc = os.path.dirname(anc) or "/"
-            if anc != "/" and anc not in overlaid:
-                key = anc.strip("/").replace("/", "_")
-                upper = os.path.join(spec["overlay_dir"], key, "upper")
-                work = os.path.join(spec["overlay_dir"], key, "work")
-                os.makedirs(upper, exist_ok=True)
-                os.makedirs(work, exist_ok=True)
-                mount("overlay", anc, "overlay", 0, f"lowerdir={anc},upperdir={upper},workdir={work}")
-                overlaid.add(anc)
-            if is_dir:
-                os.makedirs(dst, exist_ok=True)
-            else:
-                os.makedirs(os.path.dirname(dst), exist_ok=True)
-                open(dst, "a").close()
-        mount(src, dst, None, MS_BIND | MS_REC, None)
+        ensure(m["dst"], os.path.isdir(m["src"]))
+    ensure(spec["cwd"], True)
+    for m in spec["mounts"]:
+        mount(m["src"], m["dst"], None, MS_BIND | MS_REC, None)
         if m.get("readOnly"):
-            mount(None, dst, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)
+            mount(None, m["dst"], None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)
     name = spec["hostname"].encode()[:63]
     libc.sethostname(name, len(name))
-    os.makedirs(spec["cwd"], exist_ok=True)
     os.chdir(spec["cwd"])
     argv = spec["argv"]
     try:
         os.execvpe(argv[0], argv, spec["env"])
     except OSError as e:
-        print(f"kube-emu: failed to start container process {argv[0]!r}: {e}", file=sys.stderr, flush=True)
+        print(
+            f"kube-emu: failed to start container process {argv[0]!r}: {e}",
+            file=sys.stderr,
+            flush=True,
+        )
         sys.exit(127)
 
 

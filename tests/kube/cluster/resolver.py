@@ -4,13 +4,14 @@ Pods get a bind-mounted /etc/hosts, but the test process (or the operator's
 host-side clients) cannot. `install(hosts_file)` patches `socket.getaddrinfo`,
 `socket.gethostbyname` and `socket.gethostbyname_ex` so that names listed in
 the kubelet-maintained hosts file (``<svc>.<ns>``, ``<svc>.<ns>.svc``,
-``<svc>.<ns>.svc.cluster.local``) resolve to the backing pod's 127.0.1.N
+``<svc>.<ns>.svc.cluster.local``) resolve to the backing pod's 127.B.x.y
 address.  asyncio, tornado (distributed) and aiohttp all resolve through
 `socket.getaddrinfo`, so they are covered.  Other names fall through unchanged.
 
 For subprocesses, put `tests/kube/cluster/hostshim` on PYTHONPATH and set
 KUBE_EMU_HOSTS=<hosts file> (see ``ClusterHandle.host_env()``).
 """
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ the real Dask operator (kopf) as a subprocess.  See `python -m tests.kube.cluste
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -39,7 +40,9 @@ current-context: kube-emu
 """
 
 
-def start_operator(state_dir: pathlib.Path, kubeconfig: str, hosts_file: pathlib.Path) -> subprocess.Popen:
+def start_operator(
+    state_dir: pathlib.Path, kubeconfig: str, hosts_file: pathlib.Path
+) -> subprocess.Popen:
     """The real, unmodified Dask operator, in its own mount namespace whose
     /etc/hosts carries the cluster's service names (it talks to schedulers)."""
     env = {
@@ -52,20 +55,34 @@ def start_operator(state_dir: pathlib.Path, kubeconfig: str, hosts_file: pathlib
         "TMPDIR": str(state_dir / "operator-tmp"),
     }
     (state_dir / "operator-tmp").mkdir(exist_ok=True)
-    script = (f'mount --bind "{hosts_file}" /etc/hosts && exec "{sys.executable}" -m kopf run '
-              "--standalone --all-namespaces -m dask_kubernetes.operator.controller")
-    logf = open(state_dir / "operator.log", "ab")
+    script = (
+        f'mount --bind "{hosts_file}" /etc/hosts && exec "{sys.executable}" -m kopf run '
+        "--standalone --all-namespaces -m dask_kubernetes.operator.controller"
+    )
+    logf = open(state_dir / "operator.log", "ab")  # noqa: SIM115 (handed to Popen)
     try:
         return subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script],
-            env=env, cwd=str(state_dir), stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_pdeathsig)
+            env=env,
+            cwd=str(state_dir),
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_pdeathsig,
+        )
     finally:
         logf.close()
 
 
-async def serve(state_dir: pathlib.Path, *, port: int = 0, operator: bool = True,
-                ready_file: pathlib.Path | None = None, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    state_dir: pathlib.Path,
+    *,
+    port: int = 0,
+    operator: bool = True,
+    ready_file: pathlib.Path | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -80,8 +97,14 @@ async def serve(state_dir: pathlib.Path, *, port: int = 0, operator: bool = True
         emu.log_provider = kubelet.serve_logs
         ktask = loop.create_task(kubelet.run())
         op = start_operator(state_dir, str(kubeconfig), kubelet.global_hosts) if operator else None
-        info = {"kubeconfig": str(kubeconfig), "api_url": url, "hosts_file": str(kubelet.global_hosts),
-                "state_dir": str(state_dir), "operator_pid": op.pid if op else None, "pid": os.getpid()}
+        info = {
+            "kubeconfig": str(kubeconfig),
+            "api_url": url,
+            "hosts_file": str(kubelet.global_hosts),
+            "state_dir": str(state_dir),
+            "operator_pid": op.pid if op else None,
+            "pid": os.getpid(),
+        }
         if ready_file:
             tmp = ready_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(info))
@@ -89,12 +112,14 @@ async def serve(state_dir: pathlib.Path, *, port: int = 0, operator: bool = True
         log.info("kube-emu is up: %s", json.dumps(info))
         try:
             while not stop.is_set():
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
-                except asyncio.TimeoutError:
-                    pass
                 if op is not None and op.poll() is not None:
-                    log.error("the dask operator exited with %s, see %s", op.returncode, state_dir / "operator.log")
+                    log.error(
+                        "the dask operator exited with %s, see %s",
+                        op.returncode,
+                        state_dir / "operator.log",
+                    )
                     op = None
         finally:
             if op is not None and op.poll() is None:
@@ -107,7 +132,5 @@ async def serve(state_dir: pathlib.Path, *, port: int = 0, operator: bool = True
                     op.wait()
             await kubelet.shutdown()
             ktask.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await ktask
-            except (asyncio.CancelledError, Exception):
-                pass

@@ -52,19 +52,25 @@ class ApiError(Exception):
         }
 
 
-def not_found(rt: "ResourceType | None", name: str | None) -> ApiError:
+def not_found(rt: ResourceType | None, name: str | None) -> ApiError:
     if rt is None:
         return ApiError(404, "NotFound", "the server could not find the requested resource")
     res = f"{rt.plural}.{rt.group}" if rt.group else rt.plural
     return ApiError(
-        404, "NotFound", f'{res} "{name}" not found',
+        404,
+        "NotFound",
+        f'{res} "{name}" not found',
         {"name": name, "group": rt.group, "kind": rt.plural},
     )
 
 
-def invalid(rt: "ResourceType", name: str | None, msg: str) -> ApiError:
-    return ApiError(422, "Invalid", f"{rt.kind} \"{name}\" is invalid: {msg}",
-                    {"name": name, "group": rt.group, "kind": rt.kind})
+def invalid(rt: ResourceType, name: str | None, msg: str) -> ApiError:
+    return ApiError(
+        422,
+        "Invalid",
+        f'{rt.kind} "{name}" is invalid: {msg}',
+        {"name": name, "group": rt.group, "kind": rt.kind},
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -80,12 +86,24 @@ class ResourceType:
     namespaced: bool
     singular: str = ""
     subresources: set[str] = dataclasses.field(default_factory=set)
-    verbs: set[str] = dataclasses.field(default_factory=lambda: {
-        "create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"})
+    verbs: set[str] = dataclasses.field(
+        default_factory=lambda: {
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch",
+        }
+    )
     shortnames: set[str] = dataclasses.field(default_factory=set)
     categories: set[str] = dataclasses.field(default_factory=set)
     # For the scale subresource: (specReplicasPath, statusReplicasPath, labelSelectorPath)
     scale_paths: tuple[str, str, str | None] | None = None
+    # openAPIV3Schema of a CRD version: used for structural defaulting.
+    schema: dict | None = dataclasses.field(default=None, repr=False)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -115,7 +133,7 @@ DEFAULT_ORPHAN = {("batch", "jobs"), ("", "replicationcontrollers")}
 
 
 def now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def drop_nulls(value: Any) -> Any:
@@ -184,19 +202,19 @@ def parse_label_selector(selector: str | None) -> Callable[[dict], bool]:
             raise ApiError(400, "BadRequest", f"unable to parse requirement: {term!r}")
         key, op, val, neg = m["key"], (m["op"] or "").strip(), m["val"], bool(m["neg"])
         if neg:
-            reqs.append(lambda l, k=key: k not in l)
+            reqs.append(lambda lab, k=key: k not in lab)
         elif not op:
-            reqs.append(lambda l, k=key: k in l)
+            reqs.append(lambda lab, k=key: k in lab)
         elif op in ("=", "=="):
-            reqs.append(lambda l, k=key, v=val: l.get(k) == v)
+            reqs.append(lambda lab, k=key, v=val: lab.get(k) == v)
         elif op == "!=":
-            reqs.append(lambda l, k=key, v=val: l.get(k) != v)
+            reqs.append(lambda lab, k=key, v=val: lab.get(k) != v)
         else:
             values = {v.strip() for v in val.strip("()").split(",") if v.strip()}
             if op == "in":
-                reqs.append(lambda l, k=key, vs=values: l.get(k) in vs)
+                reqs.append(lambda lab, k=key, vs=values: lab.get(k) in vs)
             else:
-                reqs.append(lambda l, k=key, vs=values: l.get(k) not in vs)
+                reqs.append(lambda lab, k=key, vs=values: lab.get(k) not in vs)
     return lambda labels: all(r(labels or {}) for r in reqs)
 
 
@@ -249,11 +267,22 @@ def parse_field_selector(selector: str | None) -> Callable[[dict], bool]:
 # Lists merged element-wise by strategic-merge-patch, keyed by the given field.
 # A key of None means "list of scalars merged as a set union" (e.g. finalizers).
 SMP_MERGE_KEYS = {
-    "containers": "name", "initContainers": "name", "ephemeralContainers": "name",
-    "env": "name", "ports": "containerPort", "volumes": "name", "volumeMounts": "mountPath",
-    "volumeDevices": "devicePath", "imagePullSecrets": "name", "ownerReferences": "uid",
-    "conditions": "type", "tolerations": None, "finalizers": None, "hostAliases": "ip",
-    "topologySpreadConstraints": "topologyKey", "containerStatuses": "name",
+    "containers": "name",
+    "initContainers": "name",
+    "ephemeralContainers": "name",
+    "env": "name",
+    "ports": "containerPort",
+    "volumes": "name",
+    "volumeMounts": "mountPath",
+    "volumeDevices": "devicePath",
+    "imagePullSecrets": "name",
+    "ownerReferences": "uid",
+    "conditions": "type",
+    "tolerations": None,
+    "finalizers": None,
+    "hostAliases": "ip",
+    "topologySpreadConstraints": "topologyKey",
+    "containerStatuses": "name",
 }
 
 
@@ -343,7 +372,9 @@ class Store:
     def __init__(self) -> None:
         self.types: dict[tuple[str, str, str], ResourceType] = {}
         self.by_key: dict[tuple[str, str], ResourceType] = {}
-        self.objects: dict[tuple[str, str], dict[tuple[str, str], dict]] = collections.defaultdict(dict)
+        self.objects: dict[tuple[str, str], dict[tuple[str, str], dict]] = collections.defaultdict(
+            dict
+        )
         self.uids: dict[str, tuple[tuple[str, str], str, str]] = {}
         self.rv = 100
         self.log: collections.deque[Event] = collections.deque(maxlen=self.EVENT_LOG_SIZE)
@@ -420,8 +451,13 @@ class Store:
     def try_get(self, rt: ResourceType, namespace: str | None, name: str) -> dict | None:
         return self.objects[rt.key].get(((namespace or "") if rt.namespaced else "", name))
 
-    def list(self, rt: ResourceType, namespace: str | None = None,
-             label_selector: str | None = None, field_selector: str | None = None) -> list[dict]:
+    def list(
+        self,
+        rt: ResourceType,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> list[dict]:
         lsel = parse_label_selector(label_selector)
         fsel = parse_field_selector(field_selector)
         out = []
@@ -468,8 +504,9 @@ class Store:
         self._emit(rt, "DELETED", final, obj)
         self._after_removal(rt, final)
 
-    def create(self, rt: ResourceType, namespace: str | None, body: dict, *,
-               keep_status: bool = False) -> dict:
+    def create(
+        self, rt: ResourceType, namespace: str | None, body: dict, *, keep_status: bool = False
+    ) -> dict:
         if not isinstance(body, dict):
             raise ApiError(400, "BadRequest", "the body of the request must be a JSON object")
         obj = drop_nulls(copy.deepcopy(body))
@@ -477,16 +514,26 @@ class Store:
         if rt.namespaced:
             body_ns = meta.get("namespace")
             if namespace and body_ns and body_ns != namespace:
-                raise ApiError(400, "BadRequest",
-                               "the namespace of the provided object does not match the namespace sent on the request")
+                raise ApiError(
+                    400,
+                    "BadRequest",
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                )
             namespace = namespace or body_ns or "default"
             nsobj = self.objects[("", "namespaces")].get(("", namespace))
             if nsobj is None:
-                raise ApiError(404, "NotFound", f'namespaces "{namespace}" not found',
-                               {"name": namespace, "kind": "namespaces"})
+                raise ApiError(
+                    404,
+                    "NotFound",
+                    f'namespaces "{namespace}" not found',
+                    {"name": namespace, "kind": "namespaces"},
+                )
             if nsobj["metadata"].get("deletionTimestamp"):
-                raise ApiError(403, "Forbidden",
-                               f"unable to create new content in namespace {namespace} because it is being terminated")
+                raise ApiError(
+                    403,
+                    "Forbidden",
+                    f"unable to create new content in namespace {namespace} because it is being terminated",
+                )
             meta["namespace"] = namespace
         else:
             meta.pop("namespace", None)
@@ -494,15 +541,25 @@ class Store:
             if meta.get("generateName"):
                 meta["name"] = meta["generateName"] + rand_suffix()
             else:
-                raise invalid(rt, None, "metadata.name: Required value: name or generateName is required")
+                raise invalid(
+                    rt, None, "metadata.name: Required value: name or generateName is required"
+                )
         name = meta["name"]
         if len(name) > 253 or not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", name):
-            raise invalid(rt, name, f"metadata.name: Invalid value: {name!r}: a lowercase RFC 1123 subdomain "
-                                    "must consist of lower case alphanumeric characters, '-' or '.'")
+            raise invalid(
+                rt,
+                name,
+                f"metadata.name: Invalid value: {name!r}: a lowercase RFC 1123 subdomain "
+                "must consist of lower case alphanumeric characters, '-' or '.'",
+            )
         if self.try_get(rt, namespace, name) is not None:
             res = f"{rt.plural}.{rt.group}" if rt.group else rt.plural
-            raise ApiError(409, "AlreadyExists", f'{res} "{name}" already exists',
-                           {"name": name, "group": rt.group, "kind": rt.plural})
+            raise ApiError(
+                409,
+                "AlreadyExists",
+                f'{res} "{name}" already exists',
+                {"name": name, "group": rt.group, "kind": rt.plural},
+            )
         obj["apiVersion"] = rt.api_version
         obj["kind"] = rt.kind
         meta["uid"] = str(uuid.uuid4())
@@ -512,6 +569,8 @@ class Store:
             meta.pop(k, None)
         if "status" in rt.subresources and not keep_status:
             obj.pop("status", None)
+        if rt.schema:
+            apply_schema_defaults(obj, rt.schema)
         self._defaults(rt, obj)
         return self._store(rt, obj, "ADDED", None)
 
@@ -526,8 +585,12 @@ class Store:
 
     def _defaults(self, rt: ResourceType, obj: dict) -> None:
         self._normalize(rt, obj)
-        spec = obj.setdefault("spec", {}) if rt.key in {
-            ("", "pods"), ("", "services"), ("apps", "deployments"), ("batch", "jobs")} else None
+        spec = (
+            obj.setdefault("spec", {})
+            if rt.key
+            in {("", "pods"), ("", "services"), ("apps", "deployments"), ("batch", "jobs")}
+            else None
+        )
         if rt.key == ("", "pods"):
             spec.setdefault("restartPolicy", "Always")
             spec.setdefault("terminationGracePeriodSeconds", 30)
@@ -553,7 +616,10 @@ class Store:
             for p in spec.get("ports", []):
                 p.setdefault("protocol", "TCP")
                 p.setdefault("targetPort", p.get("port"))
-            obj.setdefault("status", {"loadBalancer": {}})
+            # No status yet: the kubelet fills it once the selected pods are Ready. (A real
+            # API server sets {loadBalancer: {}} at once, which races the Dask operator: its
+            # service-status handler can flip the DaskCluster to Running *before* the
+            # create handler sets it to Pending, leaving it Pending forever.)
         elif rt.key == ("apps", "deployments"):
             spec.setdefault("replicas", 1)
             spec.setdefault("strategy", {"type": "RollingUpdate"})
@@ -586,13 +652,23 @@ class Store:
             ]
             obj["status"]["acceptedNames"] = obj.get("spec", {}).get("names", {})
             obj["status"]["storedVersions"] = [
-                v["name"] for v in obj.get("spec", {}).get("versions", []) if v.get("storage")]
+                v["name"] for v in obj.get("spec", {}).get("versions", []) if v.get("storage")
+            ]
 
-    def _commit_update(self, rt: ResourceType, old: dict, new: dict, subresource: str | None,
-                       *, internal: bool = False) -> dict:
+    def _commit_update(
+        self,
+        rt: ResourceType,
+        old: dict,
+        new: dict,
+        subresource: str | None,
+        *,
+        internal: bool = False,
+    ) -> dict:
         """Normalise an updated object, store it (unless it is a no-op), maybe finalise deletion."""
         new = drop_nulls(new)
         self._normalize(rt, new)
+        if rt.schema:
+            apply_schema_defaults(new, rt.schema)
         meta = new.setdefault("metadata", {})
         ometa = old["metadata"]
         if "status" in rt.subresources and not internal:
@@ -610,8 +686,14 @@ class Store:
                 else:
                     new.pop("status", None)
         # Immutable bits.
-        for k in ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp",
-                  "deletionGracePeriodSeconds"):
+        for k in (
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ):
             if k in ometa:
                 meta[k] = ometa[k]
             else:
@@ -623,7 +705,11 @@ class Store:
         if ometa.get("deletionTimestamp"):
             added = set(meta.get("finalizers") or []) - set(ometa.get("finalizers") or [])
             if added:
-                raise ApiError(422, "Forbidden", "no new finalizers can be added if the object is being deleted")
+                raise ApiError(
+                    422,
+                    "Forbidden",
+                    "no new finalizers can be added if the object is being deleted",
+                )
         if new == old:
             return old  # a no-op: no new resourceVersion, no event (as in k8s)
         spec_old = {k: v for k, v in old.items() if k not in ("metadata", "status")}
@@ -633,15 +719,24 @@ class Store:
         if rt.key == ("apiextensions.k8s.io", "customresourcedefinitions"):
             self._register_crd(new)
         stored = self._store(rt, new, "MODIFIED", old)
-        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
-            # A running pod is removed by the kubelet once its processes are gone.
-            if not (rt.key == ("", "pods") and stored.get("spec", {}).get("nodeName")
-                    and stored.get("status", {}).get("phase") not in ("Succeeded", "Failed")):
-                self._remove(rt, stored)
+        # A running pod is removed by the kubelet once its processes are gone.
+        live_pod = (
+            rt.key == ("", "pods")
+            and stored.get("spec", {}).get("nodeName")
+            and stored.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+        )
+        if meta.get("deletionTimestamp") and not meta.get("finalizers") and not live_pod:
+            self._remove(rt, stored)
         return stored
 
-    def replace(self, rt: ResourceType, namespace: str | None, name: str, body: dict,
-                subresource: str | None = None) -> dict:
+    def replace(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str,
+        body: dict,
+        subresource: str | None = None,
+    ) -> dict:
         old = self.get(rt, namespace, name)
         if not isinstance(body, dict):
             raise ApiError(400, "BadRequest", "the body of the request must be a JSON object")
@@ -653,13 +748,25 @@ class Store:
 
     def _conflict(self, rt: ResourceType, name: str) -> ApiError:
         res = f"{rt.plural}.{rt.group}" if rt.group else rt.plural
-        return ApiError(409, "Conflict",
-                        f'Operation cannot be fulfilled on {res} "{name}": the object has been modified; '
-                        "please apply your changes to the latest version and try again",
-                        {"name": name, "group": rt.group, "kind": rt.plural})
+        return ApiError(
+            409,
+            "Conflict",
+            f'Operation cannot be fulfilled on {res} "{name}": the object has been modified; '
+            "please apply your changes to the latest version and try again",
+            {"name": name, "group": rt.group, "kind": rt.plural},
+        )
 
-    def patch(self, rt: ResourceType, namespace: str | None, name: str, patch: Any,
-              content_type: str, subresource: str | None = None, *, internal: bool = False) -> dict:
+    def patch(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str,
+        patch: Any,
+        content_type: str,
+        subresource: str | None = None,
+        *,
+        internal: bool = False,
+    ) -> dict:
         old = self.get(rt, namespace, name)
         ct = (content_type or "").split(";")[0].strip().lower()
         if ct == "application/json-patch+json":
@@ -668,9 +775,17 @@ class Store:
             try:
                 new = jsonpatch.apply_patch(old, patch)
             except jsonpatch.JsonPatchTestFailed as e:
-                raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: {e}")
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f"the server rejected our request due to an error in our request: {e}",
+                ) from None
             except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as e:
-                raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: {e}")
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f"the server rejected our request due to an error in our request: {e}",
+                ) from None
         else:
             if isinstance(patch, (str, bytes)):
                 patch = yaml.safe_load(patch)
@@ -685,8 +800,9 @@ class Store:
                 new = merge_patch(old, patch)
         return self._commit_update(rt, old, new, subresource, internal=internal)
 
-    def update_internal(self, rt: ResourceType, namespace: str | None, name: str,
-                        fn: Callable[[dict], None]) -> dict | None:
+    def update_internal(
+        self, rt: ResourceType, namespace: str | None, name: str, fn: Callable[[dict], None]
+    ) -> dict | None:
         """For controllers: mutate a deep copy of the object (incl. status) and store it."""
         old = self.try_get(rt, namespace, name)
         if old is None:
@@ -697,8 +813,15 @@ class Store:
 
     # --- deletion & garbage collection
 
-    def delete(self, rt: ResourceType, namespace: str | None, name: str, opts: dict | None = None,
-               *, force: bool = False) -> dict:
+    def delete(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str,
+        opts: dict | None = None,
+        *,
+        force: bool = False,
+    ) -> dict:
         opts = opts or {}
         obj = self.get(rt, namespace, name)
         meta = obj["metadata"]
@@ -721,7 +844,9 @@ class Store:
         if policy == "Foreground" and self._has_dependents(meta["uid"]):
             finalizers.append("foregroundDeletion")
         graceful_pod = (
-            not force and rt.key == ("", "pods") and grace != 0
+            not force
+            and rt.key == ("", "pods")
+            and grace != 0
             and obj.get("spec", {}).get("nodeName")
             and obj.get("status", {}).get("phase") not in ("Succeeded", "Failed")
         )
@@ -731,7 +856,11 @@ class Store:
             new = copy.deepcopy(obj)
             new["metadata"]["deletionTimestamp"] = now_iso()
             if graceful_pod:
-                g = grace if grace is not None else obj["spec"].get("terminationGracePeriodSeconds", 30)
+                g = (
+                    grace
+                    if grace is not None
+                    else obj["spec"].get("terminationGracePeriodSeconds", 30)
+                )
                 new["metadata"]["deletionGracePeriodSeconds"] = int(g)
             else:
                 new["metadata"]["deletionGracePeriodSeconds"] = 0
@@ -774,14 +903,24 @@ class Store:
         # Background cascading deletion: delete dependents that have no other live owner.
         for drt, dep in list(self._dependents(uid)):
             refs = dep["metadata"].get("ownerReferences") or []
-            others = [r for r in refs if r.get("uid") != uid and self.by_uid(r.get("uid", "")) is not None]
+            others = [
+                r for r in refs if r.get("uid") != uid and self.by_uid(r.get("uid", "")) is not None
+            ]
             if others:
-                self.update_internal(drt, dep["metadata"].get("namespace"), dep["metadata"]["name"],
-                                     lambda o: o["metadata"].__setitem__(
-                                         "ownerReferences", [r for r in refs if r.get("uid") != uid]))
+                self._drop_owner_ref(drt, dep, uid)
                 continue
-            with_ignore_missing(lambda: self.delete(drt, dep["metadata"].get("namespace"),
-                                                    dep["metadata"]["name"]))
+            self._try_delete(drt, dep)
+
+    def _try_delete(self, rt: ResourceType, obj: dict, opts: dict | None = None) -> None:
+        meta = obj["metadata"]
+        with_ignore_missing(lambda: self.delete(rt, meta.get("namespace"), meta["name"], opts))
+
+    def _drop_owner_ref(self, rt: ResourceType, obj: dict, uid: str) -> None:
+        def fn(o: dict) -> None:
+            refs = o["metadata"].get("ownerReferences") or []
+            o["metadata"]["ownerReferences"] = [r for r in refs if r.get("uid") != uid]
+
+        self.update_internal(rt, obj["metadata"].get("namespace"), obj["metadata"]["name"], fn)
 
     def gc_sweep(self) -> None:
         """Progress orphan/foreground finalizers and namespace termination."""
@@ -799,18 +938,13 @@ class Store:
                 if "orphan" in fins:
                     uid = meta["uid"]
                     for drt, dep in list(self._dependents(uid)):
-                        self.update_internal(drt, dep["metadata"].get("namespace"), dep["metadata"]["name"],
-                                             lambda o: o["metadata"].__setitem__("ownerReferences", [
-                                                 r for r in o["metadata"].get("ownerReferences", [])
-                                                 if r.get("uid") != uid]))
+                        self._drop_owner_ref(drt, dep, uid)
                     self._drop_finalizer(rt, obj, "orphan")
                 elif "foregroundDeletion" in fins:
                     deps = list(self._dependents(meta["uid"]))
                     for drt, dep in deps:
                         if not dep["metadata"].get("deletionTimestamp"):
-                            with_ignore_missing(lambda: self.delete(
-                                drt, dep["metadata"].get("namespace"), dep["metadata"]["name"],
-                                {"propagationPolicy": "Foreground"}))
+                            self._try_delete(drt, dep, {"propagationPolicy": "Foreground"})
                     if not list(self._dependents(meta["uid"])):
                         self._drop_finalizer(rt, obj, "foregroundDeletion")
         for ns in list(self.objects[("", "namespaces")].values()):
@@ -821,11 +955,20 @@ class Store:
         cur = self.try_get(rt, obj["metadata"].get("namespace"), obj["metadata"]["name"])
         if cur is None:
             return
-        self.update_internal(rt, obj["metadata"].get("namespace"), obj["metadata"]["name"],
-                             lambda o: o["metadata"].__setitem__(
-                                 "finalizers", [f for f in o["metadata"].get("finalizers", []) if f != fin]))
+        self.update_internal(
+            rt,
+            obj["metadata"].get("namespace"),
+            obj["metadata"]["name"],
+            lambda o: o["metadata"].__setitem__(
+                "finalizers", [f for f in o["metadata"].get("finalizers", []) if f != fin]
+            ),
+        )
         cur = self.try_get(rt, obj["metadata"].get("namespace"), obj["metadata"]["name"])
-        if cur is not None and cur["metadata"].get("deletionTimestamp") and not cur["metadata"].get("finalizers"):
+        if (
+            cur is not None
+            and cur["metadata"].get("deletionTimestamp")
+            and not cur["metadata"].get("finalizers")
+        ):
             self._remove(rt, cur)
 
     def _delete_namespace(self, rt: ResourceType, obj: dict) -> dict:
@@ -845,7 +988,7 @@ class Store:
             rt = self.by_key.get(key)
             if rt is None or not rt.namespaced:
                 continue
-            for (ons, oname), obj in list(objs.items()):
+            for (ons, _oname), obj in list(objs.items()):
                 if ons != ns:
                     continue
                 if key in EVENT_KEYS:
@@ -853,7 +996,7 @@ class Store:
                     continue
                 remaining += 1
                 if not obj["metadata"].get("deletionTimestamp"):
-                    with_ignore_missing(lambda: self.delete(rt, ns, oname))
+                    self._try_delete(rt, obj)
         if remaining == 0:
             cur = self.objects[("", "namespaces")].get(("", ns))
             if cur is not None:
@@ -869,15 +1012,27 @@ class Store:
                 continue
             subs = v.get("subresources") or spec.get("subresources") or {}
             scale = subs.get("scale")
-            self.register(ResourceType(
-                group=spec["group"], version=v["name"], plural=names["plural"], kind=names["kind"],
-                namespaced=spec.get("scope", "Namespaced") == "Namespaced",
-                singular=names.get("singular", names["kind"].lower()),
-                subresources=set(subs), shortnames=set(names.get("shortNames", [])),
-                categories=set(names.get("categories", [])),
-                scale_paths=(scale["specReplicasPath"], scale["statusReplicasPath"],
-                             scale.get("labelSelectorPath")) if scale else None,
-            ))
+            self.register(
+                ResourceType(
+                    group=spec["group"],
+                    version=v["name"],
+                    plural=names["plural"],
+                    kind=names["kind"],
+                    namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+                    singular=names.get("singular", names["kind"].lower()),
+                    subresources=set(subs),
+                    shortnames=set(names.get("shortNames", [])),
+                    categories=set(names.get("categories", [])),
+                    scale_paths=(
+                        scale["specReplicasPath"],
+                        scale["statusReplicasPath"],
+                        scale.get("labelSelectorPath"),
+                    )
+                    if scale
+                    else None,
+                    schema=(v.get("schema") or spec.get("validation") or {}).get("openAPIV3Schema"),
+                )
+            )
 
     def create_crd(self, crd: dict) -> dict:
         rt = self.by_key[("apiextensions.k8s.io", "customresourcedefinitions")]
@@ -901,9 +1056,13 @@ class Store:
             selector = selector_from_dict(get_path(obj, "spec.selector.matchLabels"))
         meta = obj["metadata"]
         return {
-            "kind": "Scale", "apiVersion": "autoscaling/v1",
-            "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
-                         if k in meta},
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {
+                k: meta[k]
+                for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                if k in meta
+            },
             "spec": {"replicas": get_path(obj, spec_p) or 0},
             "status": {"replicas": get_path(obj, status_p) or 0, "selector": selector or ""},
         }
@@ -916,6 +1075,27 @@ class Store:
         set_path(new, paths[0], int(replicas))
         self._commit_update(rt, old, new, None)
         return self.get_scale(rt, namespace, name)
+
+
+def apply_schema_defaults(obj: Any, schema: dict) -> None:
+    """CRD structural defaulting: fill `default:` values of absent fields, recursively
+    (as the API server does on create/update; e.g. DaskJob's job restartPolicy: OnFailure)."""
+    if isinstance(obj, dict):
+        for prop, sub in (schema.get("properties") or {}).items():
+            if not isinstance(sub, dict):
+                continue
+            if prop not in obj and "default" in sub:
+                obj[prop] = copy.deepcopy(sub["default"])
+            if prop in obj:
+                apply_schema_defaults(obj[prop], sub)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key, value in obj.items():
+                if key not in (schema.get("properties") or {}):
+                    apply_schema_defaults(value, extra)
+    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        for item in obj:
+            apply_schema_defaults(item, schema["items"])
 
 
 def with_ignore_missing(fn: Callable[[], Any]) -> None:
@@ -936,9 +1116,10 @@ def decode_secret_value(secret: dict, key: str) -> str | None:
 
 
 def load_yaml_docs(text: str) -> list[dict]:
-    return [d for d in yaml.load_all(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if d]
+    return [
+        d for d in yaml.load_all(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if d
+    ]
 
 
 def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
-
