@@ -1,8 +1,11 @@
 """A Kubernetes-in-a-process test cluster (see tests/kube/README.md).
 
-from tests.kube.cluster import EmulatedCluster
-with EmulatedCluster() as cluster:      # API server + process kubelet + real Dask operator
-    print(cluster.kubeconfig)
+Usage::
+
+    from tests.kube.cluster import EmulatedCluster
+
+    with EmulatedCluster() as cluster:  # API server + process kubelet + real Dask operator
+        print(cluster.kubeconfig)
 """
 
 from .handle import EmulatedCluster, RealCluster, wait_for

@@ -9,7 +9,7 @@ address.  asyncio, tornado (distributed) and aiohttp all resolve through
 `socket.getaddrinfo`, so they are covered.  Other names fall through unchanged.
 
 For subprocesses, put `tests/kube/cluster/hostshim` on PYTHONPATH and set
-KUBE_EMU_HOSTS=<hosts file> (see ``ClusterHandle.host_env()``).
+KUBE_EMU_HOSTS=<hosts file> (see ``EmulatedCluster.env()``).
 """
 
 from __future__ import annotations

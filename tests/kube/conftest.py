@@ -1,0 +1,93 @@
+"""Fixtures for tests that need Kubernetes (marked ``@pytest.mark.kube``).
+
+``kube_cluster`` (session scope) is an emulated cluster — in-memory API server,
+a kubelet that runs pods as local processes, and the real Dask operator — or,
+if SWEEP_TEST_KUBECONFIG is set, a handle on that real cluster (e.g. kind).
+See tests/kube/README.md for the handle's API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import shutil
+import sys
+
+import pytest
+
+_REPO = pathlib.Path(__file__).resolve().parents[2]
+if str(_REPO) not in sys.path:
+    sys.path.insert(0, str(_REPO))
+
+from tests.kube.cluster import EmulatedCluster, RealCluster  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "kube: needs a Kubernetes cluster (emulated unless SWEEP_TEST_KUBECONFIG)"
+    )
+
+
+def _emulation_unavailable() -> str | None:
+    if os.environ.get("SWEEP_TEST_KUBECONFIG"):
+        return None
+    if not sys.platform.startswith("linux"):
+        return "the Kubernetes emulator needs Linux"
+    if os.geteuid() != 0:
+        return "the Kubernetes emulator needs root (mount namespaces for pods)"
+    if shutil.which("unshare") is None:
+        return "the Kubernetes emulator needs util-linux 'unshare'"
+    return None
+
+
+@pytest.fixture(scope="session")
+def kube_cluster():
+    """A running cluster handle: .kubeconfig, .api_url, .emulated, .list(), .get(), .pod_logs(),
+    .wait_for(), .env(), .pod_processes(); see tests/kube/README.md."""
+    real = os.environ.get("SWEEP_TEST_KUBECONFIG")
+    keep = bool(os.environ.get("SWEEP_TEST_KEEP_KUBE_STATE"))
+    if real:
+        cluster = RealCluster(real).start()
+    else:
+        reason = _emulation_unavailable()
+        if reason:
+            pytest.skip(reason)
+        cluster = EmulatedCluster(keep_state=keep).start()
+        cluster.install_resolver()
+    # KubeCluster, kr8s and the kubernetes client's default loaders all read KUBECONFIG.
+    old = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = cluster.kubeconfig
+    try:
+        yield cluster
+    finally:
+        if old is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = old
+        cluster.uninstall_resolver()
+        cluster.stop()
+        if keep and cluster.emulated:
+            print(f"\nkube-emu state kept in {cluster.state_dir}")
+
+
+@pytest.fixture
+def kube_namespace(kube_cluster, request):
+    """A fresh namespace per test, deleted afterwards."""
+    import re
+    import uuid
+
+    name = (
+        re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+        + "-"
+        + uuid.uuid4().hex[:5]
+    )
+    from kr8s.objects import Namespace
+
+    ns = Namespace({"metadata": {"name": name}}, api=kube_cluster.api)
+    ns.create()
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(Exception):
+            ns.delete()
