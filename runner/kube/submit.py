@@ -63,10 +63,11 @@ class KubeApi:
         has_kubeconfig = any(Path(p).is_file() for p in kubeconfig.split(os.pathsep) if p)
         try:
             if has_kubeconfig or context or not in_cluster:
-                config.load_kube_config(context=context)
-                _, active = config.list_kube_config_contexts()
+                # pass the path: the client reads KUBECONFIG only once, at import
+                config.load_kube_config(config_file=kubeconfig, context=context)
+                _, active = config.list_kube_config_contexts(config_file=kubeconfig)
                 if context:
-                    contexts, _ = config.list_kube_config_contexts()
+                    contexts, _ = config.list_kube_config_contexts(config_file=kubeconfig)
                     active = next((c for c in contexts if c["name"] == context), active)
                 default_ns = (active or {}).get("context", {}).get("namespace")
             else:
