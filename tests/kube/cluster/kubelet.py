@@ -968,6 +968,10 @@ class Kubelet:
             "mounts": mounts,
             "hostname": pr.name,
             "overlay_dir": str(pr.dir / "overlay" / c.name),
+            # what the emulated pod needs from the host, kept visible under any volume
+            "keep_visible": sorted(
+                {str(self.dir), str(HERE.parents[2]), sys.prefix, sys.base_prefix}
+            ),
         }
 
     def _claim_host_path(self, pr: PodRuntime, path: str, is_dir: bool) -> None:

@@ -55,13 +55,29 @@ def main():
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             open(dst, "a").close()
 
+    # Pin every source before mounting anything: a volume mounted over /tmp (an emptyDir,
+    # say) must not hide the sources of later mounts, nor the emulator's own host paths
+    # (its state dir, the checkout and its venv) when they live under that volume.
+    pinned = {}
+    for path in [m["src"] for m in spec["mounts"]] + spec.get("keep_visible", []):
+        if path not in pinned and os.path.exists(path):
+            pinned[path] = os.open(path, os.O_PATH)
+
+    def src(path):
+        return f"/proc/self/fd/{pinned[path]}"
+
     for m in spec["mounts"]:
         ensure(m["dst"], os.path.isdir(m["src"]))
     ensure(spec["cwd"], True)
     for m in spec["mounts"]:
-        mount(m["src"], m["dst"], None, MS_BIND | MS_REC, None)
+        mount(src(m["src"]), m["dst"], None, MS_BIND | MS_REC, None)
         if m.get("readOnly"):
             mount(None, m["dst"], None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)
+    dsts = [m["dst"].rstrip("/") for m in spec["mounts"]]
+    for path in spec.get("keep_visible", []):
+        if path in pinned and any(path.startswith(d + "/") for d in dsts):
+            os.makedirs(path, exist_ok=True)
+            mount(src(path), path, None, MS_BIND | MS_REC, None)
     name = spec["hostname"].encode()[:63]
     libc.sethostname(name, len(name))
     os.chdir(spec["cwd"])
