@@ -295,6 +295,15 @@ def make_provider(kube: KubernetesSpec, **options: object):
     return KubernetesProvider(ClusterSpec(kind="kubernetes", kubernetes=kube), name="pi", **options)
 
 
+def test_provider_namespace_in_the_runner_pod_is_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWEEP_NAMESPACE", "team-a")
+    assert make_provider(KubernetesSpec()).namespace == "team-a"
+    assert make_provider(KubernetesSpec(namespace="other")).namespace == "other"
+    assert make_provider(KubernetesSpec(), namespace="cli").namespace == "cli"
+    monkeypatch.delenv("SWEEP_NAMESPACE")
+    assert make_provider(KubernetesSpec()).namespace is None  # then: the kubeconfig's
+
+
 def test_provider_sizes_for_max_workers_and_contacts_nothing() -> None:
     provider = make_provider(KubernetesSpec(max_workers=7))
     assert provider.workers_hint() == 7
@@ -536,6 +545,7 @@ def test_job_is_locked_down() -> None:
     assert c["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
     env = {e["name"]: e for e in c["env"]}
     assert env["SWEEP_POD_UID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.uid"
+    assert env["SWEEP_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["SWEEP_IMAGE"]["value"] == c["image"]
     assert pod["serviceAccountName"] == job["metadata"]["name"]
 

@@ -204,8 +204,9 @@ class KubernetesProvider(ClusterProvider):
     base_dir
         Folder relative template paths start in (the spec's folder).
     namespace
-        Overrides ``cluster.kubernetes.namespace``; default: the kubeconfig context's
-        namespace or, in a pod, the pod's own.
+        Overrides ``cluster.kubernetes.namespace``; default: ``SWEEP_NAMESPACE`` (the runner
+        pod's own, set by the Job), else the kubeconfig context's namespace or, in a pod
+        without it, the pod's own.
     idle_timeout
         Seconds after which the operator deletes the cluster if its scheduler is idle
         (a safety net against leaks; default 1800).
@@ -221,7 +222,11 @@ class KubernetesProvider(ClusterProvider):
         self.sweep_name: str = options.get("name") or os.environ.get("SWEEP_INSTANCE") or "sweep"
         self.instance: str = os.environ.get("SWEEP_INSTANCE") or self.sweep_name
         self.base_dir: str | None = options.get("base_dir")
-        self.namespace: str | None = options.get("namespace") or self.kube.namespace
+        # In the runner pod, its own namespace (downward API): the DaskCluster is owned by
+        # the pod, and owners cannot live in another namespace.
+        self.namespace: str | None = (
+            options.get("namespace") or self.kube.namespace or os.environ.get("SWEEP_NAMESPACE")
+        )
         self.idle_timeout = int(options.get("idle_timeout", 1800))
         self.resource_timeout = int(options.get("resource_timeout", 60))
         self.startup_timeout = float(options.get("startup_timeout", self.kube.startup_timeout))

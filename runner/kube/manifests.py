@@ -296,6 +296,7 @@ def build_job(
         {"name": "SWEEP_IMAGE", "value": image},
         {"name": "SWEEP_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "SWEEP_POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+        {"name": "SWEEP_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "HOME", "value": "/tmp"},
     ]
     container: dict[str, Any] = {

@@ -22,18 +22,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3-credentials"
 
-_REPO = Path(__file__).resolve().parents[2]
-pytestmark = [
-    pytest.mark.kube,
-    pytest.mark.slow,
-    pytest.mark.timeout(240),
-    # The emulated pods run the checkout's venv; the default pod templates mount an
-    # emptyDir at /tmp, which hides a checkout that lives under /tmp.
-    pytest.mark.skipif(
-        str(_REPO).startswith("/tmp/"),
-        reason="checkout under /tmp is hidden by the pods' /tmp emptyDir on the emulated cluster",
-    ),
-]
+pytestmark = [pytest.mark.kube, pytest.mark.slow, pytest.mark.timeout(240)]
 
 LEFTOVER_KINDS = (
     "daskclusters",
@@ -43,53 +32,6 @@ LEFTOVER_KINDS = (
     "pods",
     "services",
 )
-
-
-# --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def kube_cluster():
-    """Like the session fixture of conftest.py, but with the state dir outside /tmp.
-
-    The default worker and runner pod templates mount an emptyDir at /tmp; in the
-    emulator that bind mount hides the host's /tmp inside the pod, including the
-    state dir's ``dns/hosts.<ns>`` that podrun.py bind-mounts as /etc/hosts, so every
-    such pod fails with ENOENT (an emulator limitation, not a product bug).
-    """
-    import shutil
-    import tempfile
-
-    from tests.kube.conftest import _emulation_unavailable
-
-    if os.environ.get("SWEEP_TEST_KUBECONFIG"):
-        from tests.kube.cluster import RealCluster
-
-        cluster = RealCluster(os.environ["SWEEP_TEST_KUBECONFIG"]).start()
-        state = None
-    else:
-        reason = _emulation_unavailable()
-        if reason:
-            pytest.skip(reason)
-        from tests.kube.cluster import EmulatedCluster
-
-        os.makedirs("/var/tmp", exist_ok=True)
-        state = tempfile.mkdtemp(prefix="kube-emu-e2e-", dir="/var/tmp")
-        cluster = EmulatedCluster(state_dir=state).start()
-        cluster.install_resolver()
-    old = os.environ.get("KUBECONFIG")
-    os.environ["KUBECONFIG"] = cluster.kubeconfig
-    try:
-        yield cluster
-    finally:
-        if old is None:
-            os.environ.pop("KUBECONFIG", None)
-        else:
-            os.environ["KUBECONFIG"] = old
-        cluster.uninstall_resolver()
-        cluster.stop()
-        if state and not os.environ.get("SWEEP_TEST_KEEP_KUBE_STATE"):
-            shutil.rmtree(state, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -276,14 +218,16 @@ def test_run_on_kubernetes(kube_cluster, kube_namespace, s3, s3_server, tmp_path
     _assert_clean(kube_cluster, ns)
 
 
-def test_submit_wait_status_failure_and_cancel(kube_cluster, s3, s3_server, tmp_path):
+def test_submit_wait_status_failure_and_cancel(
+    kube_cluster, kube_namespace, s3, s3_server, tmp_path
+):
     """`sweep submit --wait` runs the runner Job: exit 0 and results on S3; `sweep status`
-    reports it; a failing sweep exits 1; `sweep cancel` removes every object of both."""
-    # Namespace "default": in the emulator every pod gets the cluster's one kubeconfig
-    # (context namespace "default") instead of a service-account token, so the runner
-    # pod's Dask cluster lands in "default" whatever the Job's namespace (see report).
-    # This module's cluster is private, so "default" is ours.
-    ns = "default"
+    reports it; a failing sweep exits 1; `sweep cancel` removes every object of both.
+
+    The Job's namespace is not the kubeconfig's: the runner must create its Dask cluster
+    in its own pod's namespace (SWEEP_NAMESPACE from the downward API).
+    """
+    ns = kube_namespace
     _make_secret(kube_cluster, ns, s3_server)
     env = _env(kube_cluster)
     try:
@@ -291,11 +235,6 @@ def test_submit_wait_status_failure_and_cancel(kube_cluster, s3, s3_server, tmp_
     finally:
         for name in ("e2e-ok", "e2e-bad"):
             _sweep(env, "cancel", name, "-n", ns, timeout=120)
-        from kr8s.objects import Secret
-
-        for sec in Secret.list(namespace=ns, api=kube_cluster.api):
-            if sec.name == SECRET:
-                sec.delete()
 
 
 def _submit_scenario(kube_cluster, ns, env, s3, tmp_path):
