@@ -34,7 +34,7 @@ from .plan import Descriptor, Layout, todo
 from .policy import FailureBudget, PartitionSizing
 from .sources import Source, make_source
 from .spec import SweepSpec, resolve_function
-from .store import Store
+from .store import PartitionCounts, Store
 
 SECRET_WORDS = ("secret", "key", "token", "password", "credential", "session")
 
@@ -96,6 +96,10 @@ class PartitionReport:
     @property
     def items(self) -> int:
         return self.stop - self.start
+
+    def counts(self) -> PartitionCounts:
+        """What the partition's footer says, without reading it back."""
+        return PartitionCounts(self.index, self.start, self.stop, self.ok, self.errors)
 
 
 def run_partition(
@@ -353,6 +357,7 @@ def run_sweep(
     run_record = {"started": started}
     manifest["runs"].append(run_record)
     futures: list[Any] = []
+    known: dict[int, PartitionCounts] = {}
     dashboard = None
     try:
         with prov as dask_client:
@@ -371,6 +376,7 @@ def run_sweep(
                 store.write_manifest(manifest)
             missing = todo(layout, done)
             prior = store.partition_counts(done - {r.index for r in reports})
+            known.update((c.index, c) for c in prior)
             failures = sum(c.errors for c in prior) + sum(r.errors for r in reports)
             items_done = sum(c.items for c in prior) + sum(r.items for r in reports)
             emit(
@@ -445,6 +451,7 @@ def run_sweep(
             manifest,
             run_record,
             reports,
+            known,
             status,
             n_items,
             allowed,
@@ -544,18 +551,27 @@ def _finalise(
     manifest: dict[str, Any],
     run_record: dict[str, Any],
     reports: list[PartitionReport],
+    known: dict[int, PartitionCounts],
     status: str,
     n_items: int,
     allowed: int,
     t_start: float,
     dashboard: str | None,
 ) -> SweepReport:
-    """Count what the store holds, write the manifest, and ``_SUCCESS`` if it is all there."""
+    """Count what the store holds, write the manifest, and ``_SUCCESS`` if it is all there.
+
+    ``known`` holds the counts already read or reported this run; only other partition
+    files (e.g. written by tasks that finished while being cancelled) have footers read.
+    """
     wall = time.perf_counter() - t_start
     worker_s = sum(r.compute_s + r.write_s for r in reports)
     layout = Layout.from_dict(manifest["layout"]) if manifest.get("layout") else None
+    known = {**known, **{r.index: r.counts() for r in reports}}
     try:
-        counts = store.partition_counts()
+        done = store.list_partitions()
+        unknown = set(done) - set(known)
+        counts = [known[i] for i in done if i in known]
+        counts += store.partition_counts(unknown) if unknown else []
     except Exception:
         counts = []
     ok = sum(c.ok for c in counts)
