@@ -39,19 +39,17 @@ def load_table(
     if not parts:
         return pa.table({"item": pa.array([], pa.int64())})
     paths = [parts[i] for i in sorted(parts)]
-    # partitions agree on schema by construction; unify anyway so older or
-    # all-failed partitions (null-typed result columns) never block reading
-    first = ds.dataset(paths[:1], format="parquet", filesystem=store.fs).schema
+    # Partitions agree on schema by construction (the probe fixes it), so read with the
+    # first file's schema; only if that fails (e.g. a sweep whose probe items all failed
+    # wrote null-typed result columns) read every footer and unify.
     dataset = ds.dataset(paths, format="parquet", filesystem=store.fs)
     try:
-        schemas = [first, *[f.physical_schema for f in dataset.get_fragments()][1:]]
-        schema = pa.unify_schemas(schemas, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        schema = first
-    dataset = ds.dataset(
-        paths, format="parquet", filesystem=store.fs, schema=schema.remove_metadata()
-    )
-    table = dataset.to_table(columns=columns)
+        table = dataset.to_table(columns=columns)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        schemas = [f.physical_schema for f in dataset.get_fragments()]
+        schema = pa.unify_schemas(schemas, promote_options="permissive").remove_metadata()
+        dataset = ds.dataset(paths, format="parquet", filesystem=store.fs, schema=schema)
+        table = dataset.to_table(columns=columns)
     if "item" in table.column_names:
         table = table.sort_by("item")
     return table

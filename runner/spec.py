@@ -8,6 +8,7 @@ line naming the file and the field.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import importlib
 import importlib.util
@@ -425,7 +426,7 @@ def load_spec(path: str | os.PathLike[str], **overrides: Any) -> SweepSpec:
 
 def merge_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Apply dotted-key overrides (``cluster.kind``) that are not None."""
-    data = json.loads(json.dumps(data, default=str)) if data else {}
+    data = copy.deepcopy(data) if data else {}
     for key, value in overrides.items():
         if value is None:
             continue

@@ -238,3 +238,21 @@ def test_load_spec_overrides_and_errors_name_the_file(tmp_path):
         load_spec(p)
     cmd = build_spec({"function": ["./sim", "{a}"], "params": {"grid": {"a": [1]}}, "output": "o"})
     assert cmd.call == "command"
+
+
+def test_load_results_unifies_partitions_whose_result_types_differ(tmp_path):
+    import pyarrow.parquet as pq
+
+    from runner.results import load_results
+
+    # a probe whose items all failed leaves a null-typed result column in part 0
+    pq.write_table(
+        pa.table({"item": [0, 1], "result": pa.nulls(2)}), tmp_path / "part-00000.parquet"
+    )
+    pq.write_table(
+        pa.table({"item": [3, 2], "result": [2.5, 1.5]}), tmp_path / "part-00001.parquet"
+    )
+    df = load_results(str(tmp_path))
+    assert df["item"].tolist() == [0, 1, 2, 3]
+    assert df["result"].isna().tolist() == [True, True, False, False]
+    assert df["result"].iloc[2:].tolist() == [1.5, 2.5]
