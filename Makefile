@@ -11,6 +11,10 @@ help:
 	@echo "make demo   - install and run examples/montecarlo.yaml on a local Dask cluster"
 	@echo "make test   - install test extras and run the whole suite (what CI runs)"
 	@echo "make lint | format | bench | image | kube-up | test-kind | clean"
+	@echo "make test-kind - the kube e2e tests (pytest -m kube) on a real cluster such as kind; set"
+	@echo "    SWEEP_TEST_KUBECONFIG  the cluster's kubeconfig (the Dask operator installed in it)"
+	@echo "    SWEEP_TEST_IMAGE       the sweep-runner image the cluster can run (kind load docker-image)"
+	@echo "    SWEEP_TEST_S3_HOST     this machine's address as seen from pods (kind: the kind network's gateway)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +62,7 @@ kube-up: $(TESTSTAMP)
 
 test-kind: $(TESTSTAMP)
 	@test -n "$$SWEEP_TEST_KUBECONFIG" || { echo "set SWEEP_TEST_KUBECONFIG to a kind cluster's kubeconfig"; exit 2; }
+	@test -n "$$SWEEP_TEST_IMAGE" || { echo "set SWEEP_TEST_IMAGE to the sweep-runner image loaded into the cluster (e.g. sweep-runner:ci, see make help)"; exit 2; }
 	$(BIN)/python -m pytest -q -m kube
 
 clean:

@@ -27,7 +27,10 @@ def s3_server() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    # Pods of a real test cluster (kind) reach it at SWEEP_TEST_S3_HOST (tests/kube/sweeps.py):
+    # only then does it listen beyond the loopback interface.
+    ip = "0.0.0.0" if os.environ.get("SWEEP_TEST_S3_HOST") else "127.0.0.1"
+    server = ThreadedMotoServer(ip_address=ip, port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     env = {

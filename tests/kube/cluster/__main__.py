@@ -1,4 +1,4 @@
-"""python -m tests.kube.cluster [--state-dir DIR] [--port N] [--no-operator]
+"""python -m tests.kube.cluster [--state-dir DIR] [--port N] [--no-operator] [--no-dask-crds]
 
 Starts the emulated Kubernetes cluster (API server, process kubelet, real Dask
 operator) and runs until Ctrl-C / SIGTERM.  Prints the kubeconfig path."""
@@ -29,6 +29,11 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=0, help="API server port (default: a free one)")
     ap.add_argument("--no-operator", action="store_true", help="do not start the Dask operator")
     ap.add_argument(
+        "--no-dask-crds",
+        action="store_true",
+        help="do not serve the Dask CRDs (a cluster without the Dask operator; implies --no-operator)",
+    )
+    ap.add_argument(
         "--ready-file",
         type=pathlib.Path,
         default=None,
@@ -48,7 +53,11 @@ def main() -> None:
     async def run() -> None:
         task = asyncio.create_task(
             serve(
-                state_dir.resolve(), port=args.port, operator=not args.no_operator, ready_file=ready
+                state_dir.resolve(),
+                port=args.port,
+                operator=not args.no_operator,
+                dask_crds=not args.no_dask_crds,
+                ready_file=ready,
             )
         )
         while not ready.exists() and not task.done():

@@ -54,6 +54,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     store: Store = attrs.field(factory=Store)
     log_provider: LogProvider | None = None
+    # False: a cluster without the Dask operator installed (its CRDs are not served).
+    dask_crds: bool = True
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -119,9 +121,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
             },
             keep_status=True,
         )
-        for path in dask_crd_paths():
-            for doc in load_yaml_docs(path.read_text()):
-                self.add_crd(doc)
+        if self.dask_crds:
+            for path in dask_crd_paths():
+                for doc in load_yaml_docs(path.read_text()):
+                    self.add_crd(doc)
 
     def _default_sa(self, ns: str) -> None:
         sa = self.store.rt("serviceaccounts")

@@ -162,11 +162,13 @@ class EmulatedCluster(_Base):
         state_dir: str | os.PathLike | None = None,
         operator: bool = True,
         keep_state: bool = False,
+        dask_crds: bool = True,
     ):
         super().__init__()
         self._own_dir = state_dir is None
         self.state_dir = pathlib.Path(state_dir or tempfile.mkdtemp(prefix="kube-emu-")).resolve()
         self.operator = operator
+        self.dask_crds = dask_crds
         self.keep_state = keep_state
         self.proc: subprocess.Popen | None = None
         self.kubeconfig = ""
@@ -188,6 +190,8 @@ class EmulatedCluster(_Base):
         ]
         if not self.operator:
             cmd.append("--no-operator")
+        if not self.dask_crds:
+            cmd.append("--no-dask-crds")
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO_ROOT) + (
             os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""

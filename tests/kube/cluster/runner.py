@@ -80,6 +80,7 @@ async def serve(
     *,
     port: int = 0,
     operator: bool = True,
+    dask_crds: bool = True,
     ready_file: pathlib.Path | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
@@ -88,7 +89,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    emu = KubeEmulator()
+    emu = KubeEmulator(dask_crds=dask_crds)
     async with emu, kmock.Server(emu, host="127.0.0.1", port=port or None) as srv:
         url = f"http://127.0.0.1:{srv.port}"
         kubeconfig = state_dir / "kubeconfig"
@@ -96,7 +97,11 @@ async def serve(
         kubelet = Kubelet(emu.store, state_dir, str(kubeconfig), "127.0.0.1", srv.port)
         emu.log_provider = kubelet.serve_logs
         ktask = loop.create_task(kubelet.run())
-        op = start_operator(state_dir, str(kubeconfig), kubelet.global_hosts) if operator else None
+        op = (
+            start_operator(state_dir, str(kubeconfig), kubelet.global_hosts)
+            if operator and dask_crds
+            else None
+        )
         info = {
             "kubeconfig": str(kubeconfig),
             "api_url": url,

@@ -1,0 +1,328 @@
+"""Helpers of the Kubernetes end-to-end tests: run `sweep` as users do, watch the cluster.
+
+The same helpers serve the emulated cluster and a real one (kind, ``make test-kind``):
+
+- ``SWEEP_TEST_IMAGE``: the sweep-runner image for the runner Job, the scheduler and the
+  workers (a real cluster needs it; the emulator ignores images).
+- ``SWEEP_TEST_S3_HOST``: an address of this machine that pods can reach; the moto server
+  then listens on every interface and pods get ``http://$SWEEP_TEST_S3_HOST:<port>``
+  (emulated pods share the host's network, so 127.0.0.1 works there).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "s3-credentials"
+IMAGE = os.environ.get("SWEEP_TEST_IMAGE") or None
+
+LEFTOVER_KINDS = (
+    "daskclusters",
+    "daskworkergroups",
+    "daskautoscalers",
+    "deployments.apps",
+    "pods",
+    "services",
+)
+SWEEP_OBJECT_KINDS = (
+    *LEFTOVER_KINDS,
+    "jobs.batch",
+    "configmaps",
+    "roles.rbac.authorization.k8s.io",
+    "rolebindings.rbac.authorization.k8s.io",
+    "serviceaccounts",
+)
+
+
+def pod_s3_endpoint(s3_server: str) -> str:
+    """The moto endpoint as pods reach it."""
+    host = os.environ.get("SWEEP_TEST_S3_HOST")
+    if not host:
+        return s3_server
+    return f"http://{host}:{urlsplit(s3_server).port}"
+
+
+def make_secret(kube_cluster: Any, namespace: str, s3_server: str, name: str = SECRET) -> None:
+    """The S3 credentials and endpoint as a Secret, as users pass them on a real cluster."""
+    from kr8s.objects import Secret
+
+    Secret(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace},
+            "stringData": {
+                "AWS_ACCESS_KEY_ID": os.environ["AWS_ACCESS_KEY_ID"],
+                "AWS_SECRET_ACCESS_KEY": os.environ["AWS_SECRET_ACCESS_KEY"],
+                "AWS_ENDPOINT_URL": pod_s3_endpoint(s3_server),
+                "AWS_DEFAULT_REGION": "us-east-1",
+            },
+        },
+        api=kube_cluster.api,
+    ).create()
+
+
+def sweep_env(kube_cluster: Any, kubeconfig: str | None = None) -> dict[str, str]:
+    """Environment of a host-side `sweep` process that talks to the cluster."""
+    env = dict(os.environ)
+    env.update(kube_cluster.env())
+    env["KUBECONFIG"] = kubeconfig or kube_cluster.kubeconfig
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(ROOT)) if p)
+    env.update(DASK_SWEEP__PROGRESS__INTERVAL="0.5", COLUMNS="200")
+    return env
+
+
+def sweep(env: dict[str, str], *args: str, timeout: float = 200) -> subprocess.CompletedProcess:
+    """Run ``sweep ARGS`` to the end."""
+    return subprocess.run(
+        [sys.executable, "-m", "runner.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def show(r: Any) -> str:
+    return f"exit {r.returncode}\n--stdout--\n{r.stdout[-4000:]}\n--stderr--\n{r.stderr[-4000:]}"
+
+
+class SweepProcess:
+    """``sweep ARGS`` in the background, its output lines kept with their arrival times."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runner.cli", *args],
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[tuple[float, str, str]] = []  # (monotonic time, stream, line)
+        self._lock = threading.Lock()
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, "out"), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, "err"), daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
+
+    def _read(self, stream: Any, name: str) -> None:
+        for line in stream:
+            with self._lock:
+                self.lines.append((time.monotonic(), name, line.rstrip("\n")))
+
+    def text(self, stream: str) -> str:
+        with self._lock:
+            return "\n".join(line for _, s, line in self.lines if s == stream)
+
+    @property
+    def stdout(self) -> str:
+        return self.text("out")
+
+    @property
+    def stderr(self) -> str:
+        return self.text("err")
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    def first(self, needle: str) -> float | None:
+        """Arrival time of the first output line containing ``needle``."""
+        with self._lock:
+            return next((t for t, _, line in self.lines if needle in line), None)
+
+    def wait(self, timeout: float = 200) -> int:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        finally:
+            for t in self._readers:
+                t.join(5)
+        return self.proc.returncode
+
+
+def write_spec(
+    path: Path,
+    name: str,
+    *,
+    n: int,
+    partition_size: int,
+    namespace: str | None,
+    function: object = "examples.montecarlo:pi_hits",
+    call: str = "kwargs",
+    max_workers: int = 3,
+    max_failures: int = 0,
+    secret: str | None = SECRET,
+    **kube: Any,
+) -> Path:
+    """A spec of ``n`` random items (``n_points`` in 1..3) on ``cluster.kind: kubernetes``."""
+    kubernetes: dict[str, Any] = {
+        "max_workers": max_workers,
+        "partitions_per_worker": 2,
+        "startup_timeout": 120,
+    }
+    if namespace:
+        kubernetes["namespace"] = namespace
+    if secret:
+        kubernetes["env_from_secret"] = secret
+    if IMAGE:
+        kubernetes["image"] = IMAGE
+    kubernetes.update(kube)
+    spec = {
+        "name": name,
+        "function": function,
+        "call": call,
+        "params": {"random": {"n": n, "seed": 1, "columns": {"n_points": {"integers": [1, 4]}}}},
+        "partition_size": partition_size,
+        "max_failures": max_failures,
+        "cluster": {"kind": "kubernetes", "kubernetes": kubernetes},
+    }
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def slow_command(seconds: str = "0.{n_points}", tail: tuple[int, float] | None = None) -> list[str]:
+    """A ``call: command`` function that sleeps and prints ``{"n": n_points}`` (any image has sh).
+
+    ``tail=(item, seconds)``: items from ``item`` on sleep ``seconds`` instead (a slow end).
+    """
+    sleep = f"sleep {seconds}"
+    if tail is not None:
+        sleep = f"if [ {{item}} -ge {tail[0]} ]; then sleep {tail[1]}; else {sleep}; fi"
+    # the command line is a str.format template: {{ and }} are literal braces
+    return ["sh", "-c", sleep + '; echo "{{\\"n\\": {n_points}}}"']
+
+
+def leftovers(
+    kube_cluster: Any,
+    namespace: str,
+    kinds: tuple[str, ...] = LEFTOVER_KINDS,
+    keep_job_pods: bool = False,
+    prefix: str = "",
+) -> dict[str, list[str]]:
+    """Names of the objects of ``kinds`` still in ``namespace`` (starting with ``prefix``)."""
+    left: dict[str, list[str]] = {}
+    for kind in kinds:
+        objs = kube_cluster.list(kind, namespace)
+        if kind == "pods" and keep_job_pods:
+            objs = [o for o in objs if not _is_job_pod(o)]
+        names = [
+            o["metadata"]["name"]
+            for o in objs
+            if o["metadata"]["name"].startswith(prefix)
+            and not (kind == "serviceaccounts" and o["metadata"]["name"] == "default")
+            and not (kind == "configmaps" and o["metadata"]["name"] == "kube-root-ca.crt")
+        ]
+        if names:
+            left[kind] = names
+    return left
+
+
+def _is_job_pod(pod: dict[str, Any]) -> bool:
+    labels = pod["metadata"].get("labels") or {}
+    return "job-name" in labels or "batch.kubernetes.io/job-name" in labels
+
+
+def assert_clean(
+    kube_cluster: Any,
+    namespace: str,
+    kinds: tuple[str, ...] = LEFTOVER_KINDS,
+    keep_job_pods: bool = False,
+    prefix: str = "",
+    timeout: float = 45,
+) -> None:
+    """Wait until nothing of ``kinds`` is left in ``namespace``."""
+    kube_cluster.wait_for(
+        lambda: not leftovers(kube_cluster, namespace, kinds, keep_job_pods, prefix),
+        timeout=timeout,
+        message=lambda: (
+            f"left in {namespace}: {leftovers(kube_cluster, namespace, kinds, keep_job_pods, prefix)}"
+        ),
+    )
+
+
+def live_worker_pods(kube_cluster: Any, namespace: str) -> list[dict[str, Any]]:
+    pods = kube_cluster.list("pods", namespace, label_selector="dask.org/component=worker")
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+class WorkerWatcher:
+    """Samples the number of live worker pods in a background thread."""
+
+    def __init__(self, kube_cluster: Any, namespace: str) -> None:
+        self.kube_cluster, self.namespace = kube_cluster, namespace
+        self.samples: list[tuple[float, int]] = []  # (monotonic time, live worker pods)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                n = len(live_worker_pods(self.kube_cluster, self.namespace))
+                self.samples.append((time.monotonic(), n))
+            except Exception:
+                pass
+            self._stop.wait(0.25)
+
+    @property
+    def max_seen(self) -> int:
+        return max((n for _, n in self.samples), default=0)
+
+    def counts(self, until: float | None = None) -> list[int]:
+        """The sampled counts up to ``until``, consecutive repeats folded."""
+        out: list[int] = []
+        for t, n in self.samples:
+            if until is not None and t > until:
+                break
+            if not out or out[-1] != n:
+                out.append(n)
+        return out
+
+    def __enter__(self) -> WorkerWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def load(url: str) -> Any:
+    import s3fs
+
+    from runner import load_results
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    return load_results(url)
+
+
+def check_results(url: str, n: int) -> Any:
+    """Every item 0..n-1 exactly once in the output; returns the table."""
+    df = load(url)
+    assert len(df) == n, f"{len(df)} rows, expected {n}"
+    assert df["item"].is_unique, "an item was written twice"
+    assert sorted(df["item"]) == list(range(n))
+    return df
+
+
+def last_json(text: str) -> dict[str, Any]:
+    return json.loads(text.strip().splitlines()[-1])
