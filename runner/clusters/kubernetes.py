@@ -188,6 +188,7 @@ class _State:
     namespace: str | None = None
     last_status: dict[str, str] = field(default_factory=dict)
     last_problems: list[Problem] = field(default_factory=list)
+    started: bool = False  # the scheduler and a first worker came up
 
 
 class KubernetesProvider(ClusterProvider):
@@ -324,7 +325,18 @@ class KubernetesProvider(ClusterProvider):
                 except Exception as e:
                     log.debug("closing the client: %s", e)
                 self.client = None
-            if st.loop_runner is not None and st.kube_cluster is not None:
+            if st.loop_runner is not None and st.kube_cluster is not None and not st.started:
+                # It never came up: nothing to drain. Ask for the deletion and let the
+                # operator and the garbage collector finish it, instead of waiting on a
+                # cluster that may not answer (a crash-looping scheduler held its
+                # DaskCluster for a minute in the e2e tests).
+                if self._sync_quiet(self._adelete, timeout=30):
+                    self._say(
+                        f"deleting DaskCluster {st.cluster_name} (Kubernetes removes its"
+                        f" pods); check: kubectl get daskcluster {st.cluster_name}"
+                        f" -n {st.namespace or '<namespace>'}"
+                    )
+            elif st.loop_runner is not None and st.kube_cluster is not None:
                 try:
                     self._sync(self._ateardown, timeout=180)
                 except KeyboardInterrupt as e:  # a second signal: delete without waiting
@@ -359,9 +371,11 @@ class KubernetesProvider(ClusterProvider):
 
         return sync(self._state.loop_runner.loop, fn, *args, callback_timeout=timeout)
 
-    def _sync_quiet(self, fn: Any, timeout: float) -> None:
+    def _sync_quiet(self, fn: Any, timeout: float) -> bool:
+        """Run a deletion; on failure say how to delete by hand and return False."""
         try:
             self._sync(fn, timeout=timeout)
+            return True
         except BaseException as e:  # cleanup must not raise
             st = self._state
             reason = " ".join(str(e).split())[:300]
@@ -370,6 +384,7 @@ class KubernetesProvider(ClusterProvider):
                 " delete it with:"
                 f" kubectl delete daskcluster {st.cluster_name} -n {st.namespace or '<namespace>'}"
             )
+            return False
 
     async def _astart(self, resource: dict[str, Any]) -> None:
         import kr8s
@@ -420,6 +435,7 @@ class KubernetesProvider(ClusterProvider):
             )
             if starting in done:
                 starting.result()
+                st.started = True
                 return
             if watching in done:
                 watching.result()  # raises the diagnosed problem

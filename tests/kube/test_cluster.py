@@ -442,3 +442,170 @@ def test_daskjob(kube_cluster, kube_namespace):
     kube_cluster.wait_for(
         lambda: not kube_cluster.list("daskclusters", ns), timeout=30, message="cluster deletion"
     )
+
+
+# --------------------------------------------------------------------------- f. Job podFailurePolicy
+
+# The rules of our chart (helm/sweep/templates/job.yaml, runner/kube/manifests.py).
+_CHART_POD_FAILURE_POLICY = {
+    "rules": [
+        {
+            "action": "FailJob",
+            "onExitCodes": {"containerName": "runner", "operator": "In", "values": [1, 2]},
+        },
+        {
+            "action": "Ignore",
+            "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+        },
+    ]
+}
+
+
+def _policy_job(name: str, code: str, backoff_limit: int) -> dict:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "backoffLimit": backoff_limit,
+            "podFailurePolicy": _CHART_POD_FAILURE_POLICY,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    # python as PID 1 ignores SIGTERM on a real node: do not wait 30 s for the kill
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [
+                        {
+                            "name": "runner",
+                            "image": "python:3.12-slim",
+                            "command": ["python", "-c", code],
+                        }
+                    ],
+                }
+            },
+        },
+    }
+
+
+def _job_condition(kube_cluster, ns: str, name: str, ctype: str) -> dict | None:
+    job = kube_cluster.get("jobs.batch", name, ns) or {}
+    for cond in job.get("status", {}).get("conditions") or []:
+        if cond["type"] == ctype and cond["status"] == "True":
+            return cond
+    return None
+
+
+@pytest.mark.timeout(120)
+def test_job_pod_failure_policy_fail_job_and_count(kube_cluster, kube_namespace):
+    """Exit 2 matches the FailJob rule: the Job fails at once, without retries. Exit 3
+    matches no rule: it counts towards backoffLimit and is retried until that is exceeded."""
+    from kr8s.objects import Job
+
+    ns = kube_namespace
+    limits = {"bad-input": 3, "flaky": 1}
+    Job(
+        _policy_job("bad-input", "import sys; sys.exit(2)", limits["bad-input"]),
+        namespace=ns,
+        api=kube_cluster.api,
+    ).create()
+    Job(
+        _policy_job("flaky", "import sys; sys.exit(3)", limits["flaky"]),
+        namespace=ns,
+        api=kube_cluster.api,
+    ).create()
+    failed = kube_cluster.wait_for(
+        lambda: (
+            all(_job_condition(kube_cluster, ns, n, "Failed") for n in limits)
+            and {n: _job_condition(kube_cluster, ns, n, "Failed") for n in limits}
+        ),
+        timeout=90,  # a real cluster backs off 10 s before the retry
+        message=lambda: {n: kube_cluster.get("jobs.batch", n, ns).get("status") for n in limits},
+    )
+
+    [pod] = kube_cluster.list("pods", ns, label_selector={"job-name": "bad-input"})
+    assert failed["bad-input"]["reason"] == "PodFailurePolicy"
+    assert failed["bad-input"]["message"] == (
+        f"Container runner for pod {ns}/{pod['metadata']['name']} failed with exit code 2 "
+        "matching FailJob rule at index 0"
+    )
+    assert kube_cluster.get("jobs.batch", "bad-input", ns)["status"].get("failed") == 1
+
+    pods = kube_cluster.list("pods", ns, label_selector={"job-name": "flaky"})
+    assert failed["flaky"]["reason"] == "BackoffLimitExceeded"
+    assert len(pods) == limits["flaky"] + 1
+    assert [
+        p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] for p in pods
+    ] == [3] * len(pods)
+    assert kube_cluster.get("jobs.batch", "flaky", ns)["status"].get("failed") == len(pods)
+    # Counted pods lose the Job's tracking finalizer (so that they can be deleted).
+    kube_cluster.wait_for(
+        lambda: not any(p["metadata"].get("finalizers") for p in kube_cluster.list("pods", ns)),
+        timeout=10,
+        message="the job-tracking finalizers to be removed",
+    )
+
+
+@pytest.mark.timeout(120)
+def test_job_pod_failure_policy_ignores_disruption(kube_cluster, kube_namespace):
+    """An evicted pod (condition DisruptionTarget) matches the Ignore rule: it is replaced
+    and does not count, so even a Job with backoffLimit 0 survives it."""
+    import kubernetes
+    from kr8s.objects import Job
+
+    ns = kube_namespace
+    client = kubernetes.config.new_client_from_config(kube_cluster.kubeconfig)
+    v1 = kubernetes.client.CoreV1Api(client)
+    job = Job(
+        _policy_job("evicted", "import time; time.sleep(120)", 0),
+        namespace=ns,
+        api=kube_cluster.api,
+    )
+    job.create()
+
+    def running() -> list[str]:
+        return [
+            p["metadata"]["name"]
+            for p in kube_cluster.list("pods", ns, label_selector={"job-name": "evicted"})
+            if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+        ]
+
+    [first] = kube_cluster.wait_for(running, timeout=90, message="the Job's pod to run")
+    assert "batch.kubernetes.io/job-tracking" in kube_cluster.get("pods", first, ns)[
+        "metadata"
+    ].get("finalizers", [])
+    v1.create_namespaced_pod_eviction(
+        first,
+        ns,
+        kubernetes.client.V1Eviction(
+            metadata=kubernetes.client.V1ObjectMeta(name=first, namespace=ns)
+        ),
+        _preload_content=False,
+    )
+    replacements = kube_cluster.wait_for(
+        lambda: [n for n in running() if n != first],
+        timeout=60,
+        message=lambda: kube_cluster.get("jobs.batch", "evicted", ns).get("status"),
+    )
+    assert len(replacements) == 1, replacements
+    status = kube_cluster.get("jobs.batch", "evicted", ns)["status"]
+    assert not _job_condition(kube_cluster, ns, "evicted", "Failed"), status
+    assert not status.get("failed"), status
+    kube_cluster.wait_for(
+        lambda: kube_cluster.get("pods", first, ns) is None,
+        timeout=30,
+        message="the evicted pod to go once counted",
+    )
+
+    # Deleting the Job releases its pods' tracking finalizers: nothing is left behind.
+    job.delete(propagation_policy="Background")
+    kube_cluster.wait_for(
+        lambda: not kube_cluster.list("pods", ns),
+        timeout=30,
+        message=lambda: [p["metadata"] for p in kube_cluster.list("pods", ns)],
+    )
+    if kube_cluster.emulated:
+        kube_cluster.wait_for(
+            lambda: not kube_cluster.pod_processes(ns),
+            timeout=20,
+            message="the replacement pod's process to end",
+        )

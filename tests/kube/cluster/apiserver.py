@@ -28,7 +28,16 @@ import kmock
 import yaml
 
 from . import tables
-from .store import ApiError, Event, ResourceType, Store, dumps, load_yaml_docs, not_found
+from .store import (
+    ApiError,
+    Event,
+    ResourceType,
+    Store,
+    dumps,
+    load_yaml_docs,
+    not_found,
+    now_iso,
+)
 
 log = logging.getLogger("kube-emu.api")
 
@@ -489,6 +498,22 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 raise ApiError(400, "BadRequest", "no kubelet is running: logs are unavailable")
             return await self.log_provider(namespace, name, dict(q), raw)
         if sub == "eviction" and rt.key == ("", "pods") and method == "POST":
+            store.get(rt, namespace, name)  # 404 before any change
+
+            def disrupted(o: dict) -> None:  # as the eviction API does, for podFailurePolicy
+                conds = o.setdefault("status", {}).setdefault("conditions", [])
+                conds[:] = [c for c in conds if c.get("type") != "DisruptionTarget"]
+                conds.append(
+                    {
+                        "type": "DisruptionTarget",
+                        "status": "True",
+                        "reason": "EvictionByEvictionAPI",
+                        "message": "Eviction API: evicting",
+                        "lastTransitionTime": now_iso(),
+                    }
+                )
+
+            store.update_internal(rt, namespace, name, disrupted)
             store.delete(
                 rt, namespace, name, (await self._body(raw) or {}).get("deleteOptions") or {}
             )

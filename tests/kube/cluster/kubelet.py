@@ -45,6 +45,9 @@ HERE = pathlib.Path(__file__).parent
 PODRUN = HERE / "podrun.py"
 PODSHIM = HERE / "podshim"
 NODE_NAME = "kube-emu-node"
+# Job pods carry it until the Job controller has counted them (as in k8s >= 1.26).
+JOB_TRACKING_FINALIZER = "batch.kubernetes.io/job-tracking"
+TERMINAL_PHASES = ("Succeeded", "Failed")
 VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
@@ -235,7 +238,13 @@ class Kubelet:
         return False
 
     def _create_pod(
-        self, ns: str, owner: dict, template: dict, name: str, extra_labels: dict
+        self,
+        ns: str,
+        owner: dict,
+        template: dict,
+        name: str,
+        extra_labels: dict,
+        finalizers: list[str] | None = None,
     ) -> None:
         meta = dict(template.get("metadata") or {})
         pod = {
@@ -250,6 +259,8 @@ class Kubelet:
             },
             "spec": json.loads(json.dumps(template.get("spec") or {})),
         }
+        if finalizers:
+            pod["metadata"]["finalizers"] = list(finalizers)
         try:
             self.store.create(self.store.rt("pods"), ns, pod)
         except ApiError as e:
@@ -358,6 +369,7 @@ class Kubelet:
     def _jobs(self) -> None:
         rt = self.store.rt("jobs.batch")
         now = time.time()
+        tracking: set[str] = set()  # unfinished Jobs: their pods keep the tracking finalizer
         for j in self.store.list(rt):
             meta, spec = j["metadata"], j.get("spec", {})
             ns, uid = meta["namespace"], meta["uid"]
@@ -375,6 +387,7 @@ class Kubelet:
                     with contextlib.suppress(ApiError):
                         self.store.delete(rt, ns, meta["name"], {"propagationPolicy": "Background"})
                 continue
+            tracking.add(uid)
             if spec.get("suspend"):
                 continue
             pods = self._owned("pods", uid, ns)
@@ -385,10 +398,16 @@ class Kubelet:
                 if p.get("status", {}).get("phase") in ("Pending", "Running", None)
                 and not p["metadata"].get("deletionTimestamp")
             ]
-            succeeded = sum(1 for p in pods if p.get("status", {}).get("phase") == "Succeeded")
-            failed = sum(1 for p in pods if p.get("status", {}).get("phase") == "Failed")
+            terminating = [
+                p
+                for p in pods
+                if p["metadata"].get("deletionTimestamp")
+                and p.get("status", {}).get("phase") not in TERMINAL_PHASES
+            ]
+            succeeded, failed, counted, fail_message = self._count_job_pods(j, pods)
+            failures = failed  # towards backoffLimit
             if policy == "OnFailure":
-                failed += sum(
+                failures += sum(
                     cs.get("restartCount", 0)
                     for p in pods
                     for cs in p.get("status", {}).get("containerStatuses") or []
@@ -401,13 +420,15 @@ class Kubelet:
             )
             ads = spec.get("activeDeadlineSeconds")
             verdict: tuple[str, str, str] | None = None
-            if ads is not None and now - _parse_ts(start) >= int(ads):
+            if fail_message:
+                verdict = ("Failed", "PodFailurePolicy", fail_message)
+            elif ads is not None and now - _parse_ts(start) >= int(ads):
                 verdict = (
                     "Failed",
                     "DeadlineExceeded",
                     "Job was active longer than specified deadline",
                 )
-            elif failed > backoff_limit:
+            elif failures > backoff_limit:
                 verdict = (
                     "Failed",
                     "BackoffLimitExceeded",
@@ -418,9 +439,16 @@ class Kubelet:
             if verdict and verdict[0] == "Failed":
                 for p in active:
                     self._delete("pods", p)
+                # Pods still running or terminating when the Job fails count as failed (k8s).
+                done = {p["metadata"]["uid"] for p in counted}
+                rest = [p for p in pods if _job_tracked(p) and p["metadata"]["uid"] not in done]
+                failed += len(rest)  # finished pods were all counted above
+                counted += rest
                 active = []
             elif verdict is None:
                 want = min(parallelism, completions - succeeded) - len(active)
+                if _only_replace_failed(spec):
+                    want -= len(terminating)
                 key = f"{ns}/{meta['name']}"
                 if want > 0 and now >= self._job_backoff.get(key, 0):
                     for _ in range(want):
@@ -435,9 +463,15 @@ class Kubelet:
                                 "batch.kubernetes.io/controller-uid": uid,
                                 "controller-uid": uid,
                             },
+                            [JOB_TRACKING_FINALIZER],
                         )
-                    if failed:
-                        self._job_backoff[key] = now + min(0.5 * 2 ** (failed - 1), 5.0)
+                    # Ignored failures back off too (k8s), or a pod failing at once would spin.
+                    retries = max(
+                        failures,
+                        sum(1 for p in pods if p.get("status", {}).get("phase") == "Failed"),
+                    )
+                    if retries:
+                        self._job_backoff[key] = now + min(0.5 * 2 ** (retries - 1), 5.0)
                     active = [
                         p
                         for p in self._owned("pods", uid, ns)
@@ -514,6 +548,61 @@ class Kubelet:
                     st["conditions"] = conds
 
             self.store.update_internal(rt, ns, meta["name"], upd)
+            for p in counted:  # after the status update, so that no pod goes uncounted
+                self._drop_job_finalizer(p)
+        self._release_job_pods(tracking)
+
+    def _count_job_pods(
+        self, job: dict, pods: list[dict]
+    ) -> tuple[int, int, list[dict], str | None]:
+        """Fold the Job's finished, not yet counted pods into its status counts.
+
+        Returns (succeeded, failed, the pods counted now, FailJob message or None).
+        Failures an ``Ignore`` rule of the podFailurePolicy matches are not counted."""
+        spec, status = job.get("spec", {}), job.get("status", {})
+        succeeded, failed = int(status.get("succeeded") or 0), int(status.get("failed") or 0)
+        counted: list[dict] = []
+        fail_message: str | None = None
+        for p in pods:
+            if not _job_tracked(p):
+                continue
+            if p.get("status", {}).get("phase") == "Succeeded":
+                succeeded += 1
+            elif _pod_failed(p, spec):
+                message, count = match_pod_failure_policy(_pod_failure_policy(spec), p)
+                failed += count
+                fail_message = fail_message or message
+            else:
+                continue
+            counted.append(p)
+        return succeeded, failed, counted, fail_message
+
+    def _drop_job_finalizer(self, pod: dict) -> None:
+        meta = pod["metadata"]
+
+        def upd(o: dict) -> None:
+            if o["metadata"]["uid"] != meta["uid"]:
+                return
+            fins = [f for f in o["metadata"].get("finalizers") or [] if f != JOB_TRACKING_FINALIZER]
+            if fins:
+                o["metadata"]["finalizers"] = fins
+            else:
+                o["metadata"].pop("finalizers", None)
+
+        self.store.update_internal(self.store.rt("pods"), meta["namespace"], meta["name"], upd)
+
+    def _release_job_pods(self, tracking: set[str]) -> None:
+        """Pods whose Job is gone, being deleted or finished will not be counted: drop
+        their tracking finalizer (k8s's orphan-pod cleanup), or they would never go."""
+        for p in self.store.list(self.store.rt("pods")):
+            if not _job_tracked(p):
+                continue
+            refs = p["metadata"].get("ownerReferences") or []
+            owner = next((r for r in refs if r.get("controller")), None)
+            if owner is not None and owner.get("kind") != "Job":
+                continue  # not ours to clean up
+            if owner is None or owner.get("uid") not in tracking:
+                self._drop_job_finalizer(p)
 
     # ------------------------------------------------------------------ services & DNS
 
@@ -611,6 +700,12 @@ class Kubelet:
                 pr = None
             if meta.get("deletionTimestamp"):
                 if pr is None:
+                    if pod.get("status", {}).get("phase") not in TERMINAL_PHASES:
+                        # Never started, so nothing else will end it: k8s's PodGC marks such
+                        # pods Failed (a finalizer, e.g. the Job's, may keep them a while).
+                        self.store.update_internal(
+                            rt, *key, lambda o: o.setdefault("status", {}).update(phase="Failed")
+                        )
                     with contextlib.suppress(ApiError):
                         self.store.delete(rt, key[0], key[1], force=True)
                 else:
@@ -1418,6 +1513,91 @@ class Kubelet:
             pass
         await resp.write_eof()
         return resp
+
+
+def _job_tracked(pod: dict) -> bool:
+    return JOB_TRACKING_FINALIZER in (pod["metadata"].get("finalizers") or [])
+
+
+def _pod_failure_policy(job_spec: dict) -> dict | None:
+    """The Job's podFailurePolicy; k8s allows one only with restartPolicy Never."""
+    restart = ((job_spec.get("template") or {}).get("spec") or {}).get("restartPolicy", "Never")
+    return job_spec.get("podFailurePolicy") if restart == "Never" else None
+
+
+def _only_replace_failed(job_spec: dict) -> bool:
+    """k8s waits for a terminating pod to fail before replacing it in these cases."""
+    return bool(_pod_failure_policy(job_spec)) or job_spec.get("podReplacementPolicy") == "Failed"
+
+
+def _pod_failed(pod: dict, job_spec: dict) -> bool:
+    """k8s's isPodFailed: a deleted pod counts as failed at once unless the Job
+    waits for terminating pods to reach a phase (the policy then needs their exit codes)."""
+    phase = pod.get("status", {}).get("phase")
+    if phase == "Failed":
+        return True
+    if _only_replace_failed(job_spec):
+        return False
+    return bool(pod["metadata"].get("deletionTimestamp")) and phase != "Succeeded"
+
+
+def match_pod_failure_policy(policy: dict | None, pod: dict) -> tuple[str | None, bool]:
+    """(FailJob message or None, whether the failure counts towards backoffLimit) for a
+    failed pod, as k8s's matchPodFailurePolicy: the first matching rule wins, rules with
+    an unknown action are skipped, no match means Count."""
+    if not policy:
+        return None, True
+    meta, status = pod["metadata"], pod.get("status", {})
+    where = f"{meta.get('namespace')}/{meta['name']}"
+    for index, rule in enumerate(policy.get("rules") or []):
+        action = rule.get("action")
+        if action not in ("FailJob", "FailIndex", "Ignore", "Count"):
+            continue
+        if rule.get("onExitCodes") is not None:
+            cs = _match_exit_codes(status, rule["onExitCodes"])
+            if cs is None:
+                continue
+            code = cs["state"]["terminated"].get("exitCode")
+            what = f"Container {cs['name']} for pod {where} failed with exit code {code}"
+        elif rule.get("onPodConditions") is not None:
+            cond = _match_pod_conditions(status, rule["onPodConditions"])
+            if cond is None:
+                continue
+            what = f"Pod {where} has condition {cond['type']}"
+        else:
+            continue
+        if action == "Ignore":
+            return None, False
+        if action == "Count":
+            return None, True
+        # FailIndex needs an Indexed Job (not emulated; k8s rejects it for NonIndexed ones).
+        return f"{what} matching {action} rule at index {index}", True
+    return None, True
+
+
+def _match_exit_codes(status: dict, req: dict) -> dict | None:
+    """The first terminated (app, then init) container status whose non-zero exit code
+    satisfies the requirement; exit code 0 never matches, not even ``NotIn``."""
+    op, name = req.get("operator"), req.get("containerName")
+    values = {int(v) for v in req.get("values") or []}
+    for cs in (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or []):
+        term = (cs.get("state") or {}).get("terminated")
+        if term is None or (name and cs.get("name") != name):
+            continue
+        code = int(term.get("exitCode") or 0)
+        if code and ((op == "In" and code in values) or (op == "NotIn" and code not in values)):
+            return cs
+    return None
+
+
+def _match_pod_conditions(status: dict, patterns: list[dict]) -> dict | None:
+    for cond in status.get("conditions") or []:
+        for pat in patterns:
+            if cond.get("type") == pat.get("type") and cond.get("status") == pat.get(
+                "status", "True"
+            ):
+                return cond
+    return None
 
 
 def _killpg(proc: subprocess.Popen, sig: int) -> None:
