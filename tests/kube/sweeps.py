@@ -160,6 +160,12 @@ class SweepProcess:
         return self.proc.returncode
 
 
+def start_run(kube_cluster: Any, spec: Path, out: str) -> SweepProcess:
+    """``sweep run SPEC --cluster kubernetes -o OUT --json`` in the background."""
+    env = sweep_env(kube_cluster)
+    return SweepProcess(env, "run", str(spec), "--cluster", "kubernetes", "-o", out, "--json")
+
+
 def write_spec(
     path: Path,
     name: str,

@@ -18,7 +18,6 @@ from tests.kube.sweeps import (
     ROOT,
     SECRET,
     SWEEP_OBJECT_KINDS,
-    SweepProcess,
     WorkerWatcher,
     assert_clean,
     check_results,
@@ -27,6 +26,7 @@ from tests.kube.sweeps import (
     make_secret,
     show,
     slow_command,
+    start_run,
     sweep,
     sweep_env,
     write_spec,
@@ -60,16 +60,7 @@ def test_run_on_kubernetes(kube_cluster, kube_namespace, s3, s3_server, tmp_path
     )
     out = f"{s3}/run"
     with WorkerWatcher(kube_cluster, ns) as watcher:
-        run = SweepProcess(
-            sweep_env(kube_cluster),
-            "run",
-            str(spec),
-            "--cluster",
-            "kubernetes",
-            "-o",
-            out,
-            "--json",
-        )
+        run = start_run(kube_cluster, spec, out)
         run.wait(200)
     print(run.stderr[-3000:])
     print("worker pods over time:", watcher.counts())

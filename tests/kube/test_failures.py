@@ -5,7 +5,8 @@ lost worker loses no work.
   operator, exit 3, and create nothing;
 - the scheduler pod crash-loops: `sweep run` reports it with the pod's last log lines,
   exits 3 and has its DaskCluster deleted;
-- a worker pod is killed mid-sweep: the sweep still finishes with every item exactly once.
+- a worker pod is killed mid-sweep: the sweep still finishes with every item exactly once;
+- the runner finds bad input in its pod: exit 2 fails the Job at once (podFailurePolicy).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import pytest
 import yaml
 
 from tests.kube.sweeps import (
+    IMAGE,
+    SECRET,
     SWEEP_OBJECT_KINDS,
-    SweepProcess,
     WorkerWatcher,
     assert_clean,
     check_results,
@@ -27,6 +29,7 @@ from tests.kube.sweeps import (
     make_secret,
     show,
     slow_command,
+    start_run,
     sweep,
     sweep_env,
     write_spec,
@@ -144,16 +147,7 @@ def test_worker_pod_killed_mid_sweep(kube_cluster, kube_namespace, s3, s3_server
     )
     out = f"{s3}/killed"
     with WorkerWatcher(kube_cluster, ns) as watcher:
-        run = SweepProcess(
-            sweep_env(kube_cluster),
-            "run",
-            str(spec),
-            "--cluster",
-            "kubernetes",
-            "-o",
-            out,
-            "--json",
-        )
+        run = start_run(kube_cluster, spec, out)
         try:
             # once partitions are being computed (the probe is done) and two workers run
             kube_cluster.wait_for(
@@ -189,3 +183,33 @@ def _running(kube_cluster, ns: str) -> list[dict]:
         if (p.get("status") or {}).get("phase") == "Running"
         and all(c.get("ready") for c in (p["status"].get("containerStatuses") or [{}]))
     ]
+
+
+def test_bad_input_fails_the_job_at_once(kube_cluster, kube_namespace, s3, s3_server, tmp_path):
+    """A sweep whose parameter file is missing: the runner exits 2 (bad input), the Job's
+    podFailurePolicy fails it without retries, and `submit --wait` exits 2."""
+    ns = kube_namespace
+    make_secret(kube_cluster, ns, s3_server)
+    spec = write_spec(
+        tmp_path / "spec.yaml",
+        "bad-input",
+        n=10,
+        partition_size=10,
+        namespace=ns,
+        function=slow_command("0"),
+        call="command",
+    )
+    data = yaml.safe_load(spec.read_text())
+    data["params"] = {"dataset": f"{s3}/no/such/params.parquet"}
+    spec.write_text(yaml.safe_dump(data))
+    env = sweep_env(kube_cluster)
+    args = ["submit", str(spec), "-o", f"{s3}/bad-input", "--secret", SECRET, "-n", ns, "--wait"]
+    r = sweep(env, *args, *(["--image", IMAGE] if IMAGE else []), timeout=180)
+    assert r.returncode == 2, show(r)
+    assert "no/such/params.parquet" in r.stdout + r.stderr, show(r)
+    job = kube_cluster.list("jobs.batch", ns)[0]
+    failed = [c for c in job["status"].get("conditions", []) if c["type"] == "Failed"]
+    assert failed and failed[0]["reason"] == "PodFailurePolicy", job["status"]
+    pods = kube_cluster.list("pods", ns, label_selector={"job-name": job["metadata"]["name"]})
+    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]  # not retried
+    sweep(env, "cancel", "bad-input", "-n", ns, timeout=120)

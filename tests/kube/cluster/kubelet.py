@@ -630,6 +630,13 @@ class Kubelet:
                 key=lambda p: p["metadata"]["creationTimestamp"],
             )
             if not ready:
+                # Real DNS answers as soon as the Service exists, and connecting fails at
+                # once: so does the placeholder ClusterIP, where nothing listens. A name
+                # that does not resolve sends dask-kubernetes to port-forwarding instead,
+                # which the emulator lacks and which blocks the operator's event loop.
+                cluster_ip = spec.get("clusterIP")
+                if cluster_ip and cluster_ip != "None":
+                    names.setdefault(ns, {})[meta["name"]] = cluster_ip
                 continue
             ip = ready[0]["status"]["podIP"]
             names.setdefault(ns, {})[meta["name"]] = ip
