@@ -95,6 +95,16 @@ def sweep(env: dict[str, str], *args: str, timeout: float = 200) -> subprocess.C
     )
 
 
+def submit(
+    env: dict[str, str], spec: Path, name: str, ns: str, out: str, *extra: str
+) -> subprocess.CompletedProcess:
+    """``sweep submit SPEC`` as sweep NAME into namespace NS, with the test S3 Secret."""
+    args = ["submit", str(spec), "-o", out, "--secret", SECRET, "--name", name, "-n", ns]
+    if IMAGE:
+        args += ["--image", IMAGE]
+    return sweep(env, *args, *extra)
+
+
 def show(r: Any) -> str:
     return f"exit {r.returncode}\n--stdout--\n{r.stdout[-4000:]}\n--stderr--\n{r.stderr[-4000:]}"
 

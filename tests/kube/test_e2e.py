@@ -8,8 +8,6 @@ Pods get the S3 endpoint and credentials through a Secret (``env_from_secret`` /
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 
@@ -27,6 +25,7 @@ from tests.kube.sweeps import (
     show,
     slow_command,
     start_run,
+    submit,
     sweep,
     sweep_env,
     write_spec,
@@ -80,13 +79,6 @@ def test_run_on_kubernetes(kube_cluster, kube_namespace, s3, s3_server, tmp_path
     assert_clean(kube_cluster, ns)
 
 
-def _submit(env, spec: Path, name: str, ns: str, out: str, *extra: str, timeout: float = 200):
-    args = ["submit", str(spec), "-o", out, "--secret", SECRET, "--name", name, "-n", ns]
-    if IMAGE:
-        args += ["--image", IMAGE]
-    return sweep(env, *args, *extra, timeout=timeout)
-
-
 def test_submit_wait_status_logs_failure_and_cancel(
     kube_cluster, kube_namespace, s3, s3_server, tmp_path
 ):
@@ -124,7 +116,7 @@ def _submit_scenario(kube_cluster, ns, env, s3, tmp_path):
         max_workers=2,
     )
     out = f"{s3}/ok"
-    r = _submit(env, spec, "e2e-ok", ns, out, "--wait")
+    r = submit(env, spec, "e2e-ok", ns, out, "--wait")
     assert r.returncode == 0, show(r)
     check_results(out, n)
 
@@ -159,7 +151,7 @@ def _submit_scenario(kube_cluster, ns, env, s3, tmp_path):
         function="boom.py:boom",
         max_workers=1,
     )
-    r = _submit(env, bad, "e2e-bad", ns, f"{s3}/bad", "--wait")
+    r = submit(env, bad, "e2e-bad", ns, f"{s3}/bad", "--wait")
     assert r.returncode == 1, show(r)
     assert "runner exited with code 1" in r.stderr, show(r)
 
@@ -174,7 +166,7 @@ def _submit_scenario(kube_cluster, ns, env, s3, tmp_path):
         call="command",
         max_workers=1,
     )
-    r = _submit(env, long, "e2e-long", ns, f"{s3}/long")
+    r = submit(env, long, "e2e-long", ns, f"{s3}/long")
     assert r.returncode == 0, show(r)
     kube_cluster.wait_for(
         lambda: "items (" in sweep(env, "logs", "e2e-long", "-n", ns, timeout=60).stdout,

@@ -17,8 +17,6 @@ import pytest
 import yaml
 
 from tests.kube.sweeps import (
-    IMAGE,
-    SECRET,
     SWEEP_OBJECT_KINDS,
     WorkerWatcher,
     assert_clean,
@@ -30,6 +28,7 @@ from tests.kube.sweeps import (
     show,
     slow_command,
     start_run,
+    submit,
     sweep,
     sweep_env,
     write_spec,
@@ -203,8 +202,7 @@ def test_bad_input_fails_the_job_at_once(kube_cluster, kube_namespace, s3, s3_se
     data["params"] = {"dataset": f"{s3}/no/such/params.parquet"}
     spec.write_text(yaml.safe_dump(data))
     env = sweep_env(kube_cluster)
-    args = ["submit", str(spec), "-o", f"{s3}/bad-input", "--secret", SECRET, "-n", ns, "--wait"]
-    r = sweep(env, *args, *(["--image", IMAGE] if IMAGE else []), timeout=180)
+    r = submit(env, spec, "bad-input", ns, f"{s3}/bad-input", "--wait")
     assert r.returncode == 2, show(r)
     assert "no/such/params.parquet" in r.stdout + r.stderr, show(r)
     job = kube_cluster.list("jobs.batch", ns)[0]
