@@ -325,26 +325,27 @@ class KubernetesProvider(ClusterProvider):
                 except Exception as e:
                     log.debug("closing the client: %s", e)
                 self.client = None
-            if st.loop_runner is not None and st.kube_cluster is not None and not st.started:
-                # It never came up: nothing to drain. Ask for the deletion and let the
-                # operator and the garbage collector finish it, instead of waiting on a
-                # cluster that may not answer (a crash-looping scheduler held its
-                # DaskCluster for a minute in the e2e tests).
-                if self._sync_quiet(self._adelete, timeout=30):
-                    self._say(
-                        f"deleting DaskCluster {st.cluster_name} (Kubernetes removes its"
-                        f" pods); check: kubectl get daskcluster {st.cluster_name}"
-                        f" -n {st.namespace or '<namespace>'}"
-                    )
-            elif st.loop_runner is not None and st.kube_cluster is not None:
-                try:
-                    self._sync(self._ateardown, timeout=180)
-                except KeyboardInterrupt as e:  # a second signal: delete without waiting
-                    interrupted = e
-                    self._sync_quiet(self._adelete, timeout=30)
-                except Exception as e:
-                    log.debug("cleanup of DaskCluster %s: %s", st.cluster_name, e)
-                    self._sync_quiet(self._adelete, timeout=30)
+            if st.loop_runner is not None and st.kube_cluster is not None:
+                if not st.started:
+                    # It never came up: nothing to drain. Ask for the deletion and let the
+                    # operator and the garbage collector finish it, instead of waiting on a
+                    # cluster that may not answer (a crash-looping scheduler held its
+                    # DaskCluster for a minute in the e2e tests).
+                    if self._sync_quiet(self._adelete, timeout=30):
+                        self._say(
+                            f"deleting DaskCluster {st.cluster_name} (Kubernetes removes its"
+                            f" pods); check: kubectl get daskcluster {st.cluster_name}"
+                            f" -n {st.namespace or '<namespace>'}"
+                        )
+                else:
+                    try:
+                        self._sync(self._ateardown, timeout=180)
+                    except KeyboardInterrupt as e:  # a second signal: delete without waiting
+                        interrupted = e
+                        self._sync_quiet(self._adelete, timeout=30)
+                    except Exception as e:
+                        log.debug("cleanup of DaskCluster %s: %s", st.cluster_name, e)
+                        self._sync_quiet(self._adelete, timeout=30)
         finally:
             if st.loop_runner is not None:
                 try:
