@@ -9,14 +9,16 @@ Python API::
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 try:
     __version__ = version("sweep-runner")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
-from .api import load_results, summarise, sweep
+from . import config  # registers the sweep.* defaults in dask.config
 from .exceptions import (
     FailureBudgetExceeded,
     InfrastructureError,
@@ -24,9 +26,33 @@ from .exceptions import (
     OutputConflictError,
     SourceError,
     SpecError,
+    Status,
+    StorageError,
+    StorageUnreachable,
     SweepError,
 )
-from .spec import SweepSpec, load_spec
+
+# The API is imported on first use: `sweep --help` and the isolated item processes
+# (runner.isolate) need none of it.
+_LAZY = {
+    "sweep": "api",
+    "load_results": "api",
+    "summarise": "api",
+    "SweepSpec": "spec",
+    "load_spec": "spec",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    try:
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.{name}":
+            raise
+        raise AttributeError(f"module 'runner' has no attribute {name!r}") from None
+
 
 __all__ = [
     "FailureBudgetExceeded",
@@ -35,6 +61,9 @@ __all__ = [
     "OutputConflictError",
     "SourceError",
     "SpecError",
+    "Status",
+    "StorageError",
+    "StorageUnreachable",
     "SweepError",
     "SweepSpec",
     "__version__",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -50,12 +51,28 @@ def sweep(
     SweepReport
         Counts and timings. Raises :class:`~runner.FailureBudgetExceeded` when too many items failed.
     """
+    _refuse_in_reimported_main()
     storage_options = spec_fields.get("storage_options") or {}
     params_spec = _params_spec(params, output, storage_options, overwrite)
     spec = build_spec(
         {"function": func, "params": params_spec, "output": output, **spec_fields}, where="sweep()"
     )
     return run_sweep(spec, client=client, overwrite=overwrite, progress=progress)
+
+
+def _refuse_in_reimported_main() -> None:
+    """A worker process that re-runs the user's script must not start a sweep of its own.
+
+    The local cluster keeps its workers from re-running the script; a Dask cluster
+    the caller made with ``spawn`` (``client=``) does not, and lands here.
+    """
+    main = sys.modules.get("__main__")
+    if getattr(main, "__name__", None) == "__mp_main__":
+        where = getattr(main, "__file__", None) or "your script"
+        raise SpecError(
+            f"runner.sweep() ran while a worker process imported {where}: put the call under"
+            ' `if __name__ == "__main__":` so that worker processes do not start sweeps'
+        )
 
 
 def _params_spec(params: Any, output: str, storage_options: dict[str, Any], overwrite: bool) -> Any:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import string
 import subprocess
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +22,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .exceptions import SpecError
+from .store import ITEM, OUTPUT_COLUMNS, RESULT
+
 MAX_ERROR_CHARS = 2000
-RESERVED = ("item", "status", "error", "attempts", "duration_s")
+SEED_NAMES = ("seed", "rng")
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -43,17 +47,91 @@ def item_seeds(seed: int, items: np.ndarray) -> np.ndarray:
     return (z & np.uint64(0x7FFFFFFFFFFFFFFF)).astype(np.int64)
 
 
-def seed_kind(fn: Callable[..., Any]) -> str | None:
-    """'seed' or 'rng' if the function accepts that keyword, else None."""
+def seed_kind(fn: Callable[..., Any], param_names: Sequence[str] = ()) -> str | None:
+    """'seed' or 'rng' if the function accepts that keyword, else None.
+
+    A parameter of that name is passed as the parameter: it is never overwritten.
+    """
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return None
-    for name in ("seed", "rng"):
+    for name in SEED_NAMES:
         p = params.get(name)
-        if p is not None and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+        if (
+            p is not None
+            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+            and name not in param_names
+        ):
             return name
     return None
+
+
+def check_call(fn: Any, call: str, param_names: Sequence[str], ref: str) -> None:
+    """Refuse at once a function that cannot take the parameters the way ``call`` passes them.
+
+    ``kwargs`` calls ``fn(**row)``: every parameter must bind to an argument (unless
+    the function takes ``**kwargs``) and every required argument must be a parameter
+    (or ``seed``/``rng``). ``row`` calls ``fn(values)``; ``command`` fills ``{name}``
+    fields of its argv template from the parameters, ``item`` and ``seed``.
+
+    Raises
+    ------
+    SpecError
+        Naming the arguments or parameters that do not match.
+    """
+    if call == "command":
+        known = {*param_names, ITEM, "seed"}
+        fields = {
+            f.split(".")[0].split("[")[0]
+            for arg in fn.argv
+            for _, f, _, _ in string.Formatter().parse(arg)
+            if f
+        }
+        unknown = sorted(fields - known)
+        if unknown:
+            raise SpecError(
+                f"function: the command template names {', '.join(map(repr, unknown))}, which is not"
+                f" a parameter (parameters: {', '.join(param_names)}; also item, seed)"
+            )
+        return
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: find out per item
+    args = sig.parameters.values()
+    if call == "row":
+        try:
+            sig.bind(list(param_names))
+        except TypeError as e:
+            raise SpecError(
+                f"function: {ref}{sig} cannot be called with one list of values as call: row"
+                f" does ({e}); use call: kwargs to pass the parameters by name"
+            ) from e
+        return
+    takes_any = any(a.kind is a.VAR_KEYWORD for a in args)
+    by_name = {a.name for a in args if a.kind in (a.POSITIONAL_OR_KEYWORD, a.KEYWORD_ONLY)}
+    unexpected = [] if takes_any else [n for n in param_names if n not in by_name]
+    required = [
+        a.name
+        for a in args
+        if a.default is a.empty
+        and a.kind in (a.POSITIONAL_OR_KEYWORD, a.KEYWORD_ONLY, a.POSITIONAL_ONLY)
+    ]
+    missing = [n for n in required if n not in param_names and n not in SEED_NAMES]
+    positional_only = [a.name for a in args if a.kind is a.POSITIONAL_ONLY and a.name in required]
+    if unexpected or missing:
+        parts = []
+        if unexpected:
+            parts.append(f"parameter(s) {', '.join(unexpected)} match no argument")
+        if missing:
+            extra = " (positional-only)" if positional_only else ""
+            parts.append(f"argument(s) {', '.join(missing)}{extra} get no parameter")
+        raise SpecError(
+            f"function: {ref}{sig} does not take the parameters {', '.join(param_names)} by name"
+            f" (call: kwargs): {'; '.join(parts)}; rename the parameters or the arguments, or give"
+            " the function **kwargs"
+        )
 
 
 def format_exception(e: BaseException) -> str:
@@ -134,10 +212,13 @@ def _json_default(o: Any) -> Any:
 
 @dataclass
 class ItemResults:
+    """The outcome of a partition's items, by row: values, errors, attempts, durations."""
+
     values: list[Any]
     errors: dict[int, str] = field(default_factory=dict)
     attempts: dict[int, int] = field(default_factory=dict)  # only where != 1
     durations: list[float] = field(default_factory=list)
+    deaths: int = 0  # child processes that died running these items (isolated runs)
 
     @property
     def n(self) -> int:
@@ -153,6 +234,36 @@ def _pylist(col: pa.ChunkedArray | pa.Array) -> list[Any]:
     return col.to_pylist()
 
 
+def iter_calls(
+    fn: Callable[..., Any], call: str, params: pa.Table, items: np.ndarray, seed: int
+) -> Iterator[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """The ``(args, kwargs)`` of each row's call, in order.
+
+    ``call`` is ``row`` (``fn(list_of_values)``), ``kwargs`` (``fn(**row)``) or ``command``
+    (``fn`` is a :class:`Command`, called with the row plus ``item`` and ``seed``).
+    A function that takes ``seed`` or ``rng`` gets a per-item one (see :func:`item_seeds`).
+    """
+    names = params.column_names
+    cols = [_pylist(params.column(i)) for i in range(params.num_columns)]
+    kind = ("seed" if "seed" not in names else None) if call == "command" else seed_kind(fn, names)
+    seeds = item_seeds(seed, items).tolist() if kind else None
+    item_list = items.tolist()
+    rows: Any = zip(*cols, strict=True) if cols else iter([()] * params.num_rows)
+    for k, v in enumerate(rows):
+        if call == "row":
+            args: tuple[Any, ...] = (list(v),)
+            kw: dict[str, Any] = {}
+        else:
+            args, kw = (), dict(zip(names, v, strict=True))
+            if call == "command":
+                kw[ITEM] = item_list[k]
+        if kind == "seed":
+            kw["seed"] = seeds[k]  # type: ignore[index]
+        elif kind == "rng":
+            kw["rng"] = np.random.default_rng(seeds[k])  # type: ignore[index]
+        yield args, kw
+
+
 def run_items(
     fn: Callable[..., Any],
     call: str,
@@ -162,35 +273,25 @@ def run_items(
     retries: int,
     deadline: float | None = None,
 ) -> ItemResults:
-    """Call ``fn`` on every row of ``params`` (or until ``deadline``, a perf_counter value).
-
-    ``call`` is ``row`` (``fn(list_of_values)``), ``kwargs`` (``fn(**row)``) or ``command``
-    (``fn`` is a :class:`Command`, called with the row plus ``item`` and ``seed``).
-    """
-    names = params.column_names
-    cols = [_pylist(params.column(i)) for i in range(params.num_columns)]
-    n = params.num_rows
-    kind = "seed" if call == "command" else seed_kind(fn)
-    seeds = item_seeds(seed, items).tolist() if kind else None
-    item_list = items.tolist()
-
+    """Call ``fn`` on every row of ``params`` (or until ``deadline``, a perf_counter value)."""
     values: list[Any] = []
     durations: list[float] = []
     errors: dict[int, str] = {}
     attempts: dict[int, int] = {}
     append, dappend = values.append, durations.append
     clock = time.perf_counter
-    rows: Any = zip(*cols, strict=True) if cols else iter([()] * n)
 
-    if call == "row" and kind is None and deadline is None:
+    if call == "row" and deadline is None and seed_kind(fn, params.column_names) is None:
         # the common case, kept as tight as a plain Python loop
+        cols = [_pylist(params.column(i)) for i in range(params.num_columns)]
+        rows: Any = zip(*cols, strict=True) if cols else iter([()] * params.num_rows)
         for k, v in enumerate(rows):
             arg = list(v)
             t0 = clock()
             try:
                 r = fn(arg)
             except Exception as e:
-                r, tries, err = _retry(fn, (arg,), {}, retries, e)
+                r, tries, err = retry_item(fn, (arg,), {}, retries, e)
                 if err is not None:
                     errors[k] = err
                 attempts[k] = tries
@@ -198,23 +299,12 @@ def run_items(
             append(r)
         return ItemResults(values, errors, attempts, durations)
 
-    for k, v in enumerate(rows):
-        if call == "row":
-            args: tuple[Any, ...] = (list(v),)
-            kw: dict[str, Any] = {}
-        else:
-            args, kw = (), dict(zip(names, v, strict=True))
-            if call == "command":
-                kw["item"] = item_list[k]
-        if kind == "seed":
-            kw["seed"] = seeds[k]  # type: ignore[index]
-        elif kind == "rng":
-            kw["rng"] = np.random.default_rng(seeds[k])  # type: ignore[index]
+    for k, (args, kw) in enumerate(iter_calls(fn, call, params, items, seed)):
         t0 = clock()
         try:
             r = fn(*args, **kw)
         except Exception as e:
-            r, tries, err = _retry(fn, args, kw, retries, e)
+            r, tries, err = retry_item(fn, args, kw, retries, e)
             if err is not None:
                 errors[k] = err
             attempts[k] = tries
@@ -225,10 +315,10 @@ def run_items(
     return ItemResults(values, errors, attempts, durations)
 
 
-def _retry(
+def retry_item(
     fn: Callable[..., Any], args: Any, kw: Any, retries: int, first: Exception
 ) -> tuple[Any, int, str | None]:
-    """Retry a failed item; returns (result, attempts, error message or None)."""
+    """Retry an item that raised ``first``; returns (result, attempts, error message or None)."""
     err: BaseException = first
     tries = 1
     while tries <= retries:
@@ -245,23 +335,30 @@ def _retry(
 
 def result_columns(
     res: ItemResults,
-    reserved: Sequence[str],
+    param_names: Sequence[str],
     schema: pa.Schema | None,
 ) -> dict[str, pa.Array]:
     """Turn gathered values into Arrow columns; values Arrow cannot hold become item errors.
 
     ``schema`` (the result schema fixed by the sweep's first partition) makes every
     partition's columns agree so the dataset reads as one table.
+
+    Raises
+    ------
+    SpecError
+        Before the schema is fixed, when a dict result has a key named like a
+        parameter or an output column (it would overwrite that column).
     """
     values, errors = res.values, res.errors
+    reserved = tuple(dict.fromkeys((*param_names, *OUTPUT_COLUMNS)))
     ok = [k for k in range(len(values)) if k not in errors] if errors else range(len(values))
     if schema is None:
         first = next((values[k] for k in ok if values[k] is not None), None)
         dict_mode = isinstance(first, dict)
     else:
-        dict_mode = schema.names != ["result"]
+        dict_mode = schema.names != [RESULT]
     if not dict_mode:
-        typ = schema.field("result").type if schema is not None else None
+        typ = schema.field(RESULT).type if schema is not None else None
         column = (
             [None if k in errors else v for k, v in enumerate(values)] if errors else list(values)
         )
@@ -272,7 +369,7 @@ def result_columns(
                         "result is a dict, but other items returned a scalar; return one shape"
                     )
                     column[k] = None
-        return {"result": _to_array(column, typ, errors, "result")}
+        return {RESULT: _to_array(column, typ, errors, RESULT)}
 
     keys: list[str] = list(schema.names) if schema is not None else []
     for k in ok:
@@ -283,6 +380,11 @@ def result_columns(
             )
             continue
         bad = [key for key in v if not isinstance(key, str) or key in reserved]
+        if bad and schema is None and all(isinstance(key, str) for key in bad):
+            raise SpecError(
+                f"function: it returns key(s) {', '.join(map(repr, bad))}, named like parameter or"
+                f" output columns ({', '.join(reserved)}): rename the keys or the parameters"
+            )
         if bad:
             errors[k] = f"result key(s) {bad!r} clash with parameter or output columns; rename them"
             continue

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from .exceptions import SpecError, SweepError
+from .exceptions import Interrupted, SpecError, SweepError
 
 app = typer.Typer(
     name="sweep",
@@ -133,6 +133,20 @@ class Progress:
                     f"{self.name}: {self.done:,}/{self.total:,} items ({pct:.1f}%), {rate:,.0f} items/s,"
                     f" {self.failures:,} failed, ETA {_fmt_s(left)}"
                 )
+        elif event == "isolate":
+            self._say(
+                f"{self.name}: part-{info['index']:05d}: its worker died while running it;"
+                " running it again with each item in a child process, to find the item that"
+                " crashed it"
+            )
+        elif event == "drain":
+            running = ", ".join(f"part-{i:05d}" for i in info["running"][:8])
+            more = " …" if len(info["running"]) > 8 else ""
+            self._say(
+                f"{self.name}: stopping: waiting up to {info['grace']:g}s for"
+                f" {len(info['running'])} running partition(s) ({running or 'none'}{more});"
+                f" {info['cancelled']} not started are cancelled. Send the signal again to stop now."
+            )
         elif event == "end":
             self.close()
 
@@ -168,6 +182,11 @@ def _print_summary(report: dict[str, Any]) -> None:
         f"  time       {report['wall_s']:.1f}s wall, {report['worker_s']:.1f} worker-s,"
         f" {report['items_per_s']:,.0f} items/s"
     )
+    if report.get("isolated_partitions"):
+        out.print(
+            f"  isolated   {report['isolated_partitions']:,} partition(s) ran with items in child"
+            " processes (a worker died, or isolation/timeout asked for it)"
+        )
     out.print(f"  output     {report['output']}")
     out.print(f"  next       sweep results {report['output']}")
 
@@ -201,8 +220,12 @@ def run(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
-    """Run a sweep (or resume it: only partitions missing from the output are computed)."""
-    from .execute import run_sweep
+    """Run a sweep (or resume it: only partitions missing from the output are computed).
+
+    SIGTERM or Ctrl-C stops it gracefully: running partitions get ``grace-seconds`` to
+    finish, the rest is cancelled; a second signal stops at once. Rerun to resume.
+    """
+    from .execute import SweepRun
 
     overrides: dict[str, Any] = {"output": output, "cluster.workers": workers}
     if scheduler:
@@ -219,23 +242,26 @@ def run(
     except SweepError as e:
         raise _fail(e) from e
     progress = Progress(spec.name, quiet=quiet)
+    sweep_run = SweepRun(spec, overwrite=overwrite, progress=progress)
     received: list[int] = []
 
     def on_signal(signum: int, frame: Any) -> None:
         received.append(signum)
+        if len(received) == 1 and sweep_run.request_stop():
+            return  # drain: the run stops at its next step
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_signal)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     report: dict[str, Any] | None = None
     code = 0
     try:
-        report = run_sweep(spec, overwrite=overwrite, progress=progress).to_dict()
+        report = sweep_run.run().to_dict()
     except SweepError as e:
         progress.close()
         report = getattr(e, "report", None)
         report = report.to_dict() if report is not None else None
         code = e.exit_code
-        if code == 130 and received:
+        if isinstance(e, Interrupted) and received:
             code = 128 + received[0]
         if report is None or code != 1:
             _fail(e)
@@ -247,7 +273,8 @@ def run(
             file=sys.stderr,
         )
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if report is not None:
         if as_json:
             print(json.dumps(report), flush=True)

@@ -22,8 +22,22 @@ DEFAULTS: dict[str, Any] = {
         },
         "progress": {"interval": 5.0},
         "local": {"dashboard-address": ":8787"},
-        "task-retries": 2,
+        # extra attempts of a partition task that raised (storage calls are retried in place)
+        "task-retries": 0,
+        # on SIGTERM/SIGINT: how long running partitions may take to finish
         "grace-seconds": 20.0,
+        "storage": {
+            "retries": 2,  # after the filesystem's own retries, for unreachable storage
+            "retry-wait": 1.0,  # seconds before the first retry, doubling
+        },
+        "isolation": {
+            # child-process deaths in one isolated partition before its other items give up
+            "max-deaths": 10,
+            # times one partition may lose its worker even when isolated (then exit 3)
+            "max-worker-losses": 3,
+            # the child is killed above this fraction of the worker's memory limit
+            "memory-fraction": 0.95,
+        },
     }
 }
 

@@ -1,10 +1,13 @@
-"""The few error types of sweep runner.
+"""The few error types of sweep runner, the statuses of a run, and their exit codes.
 
 Every error carries the process exit code the CLI uses for it and a message that
-says what went wrong *and what to do*, on one line.
+says what went wrong *and what to do*, on one line. :class:`Status` maps the end
+state of a run to the same codes, so there is one table of exit codes: this file.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 
 class SweepError(Exception):
@@ -31,10 +34,20 @@ class SourceError(SweepError):
     exit_code = 2
 
 
+class StorageError(SweepError):
+    """Storage refused a valid request: missing bucket or path, no permission, bad credentials."""
+
+    exit_code = 2
+
+
 class InfrastructureError(SweepError):
-    """The cluster or the storage failed underneath a valid sweep."""
+    """The cluster or the storage failed underneath a valid sweep (rerun to resume)."""
 
     exit_code = 3
+
+
+class StorageUnreachable(InfrastructureError):
+    """Storage could not be reached (network, endpoint, outage), even after retries."""
 
 
 class FailureBudgetExceeded(SweepError):
@@ -47,3 +60,21 @@ class Interrupted(SweepError):
     """The sweep was stopped by a signal; finished partitions are kept."""
 
     exit_code = 130
+
+
+class Status(StrEnum):
+    """The state of a sweep's run, as written to ``_manifest.json`` and ``--json``."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # finished, but more items failed than max_failures allows
+    INTERRUPTED = "interrupted"  # stopped by a signal; rerun to resume
+    ERROR = "error"  # bad input or infrastructure; see the message
+
+    @property
+    def exit_code(self) -> int:
+        return {
+            Status.SUCCEEDED: 0,
+            Status.FAILED: FailureBudgetExceeded.exit_code,
+            Status.INTERRUPTED: Interrupted.exit_code,
+        }.get(self, InfrastructureError.exit_code)

@@ -1,42 +1,58 @@
-"""Run a sweep: spec + store state → plan → a dask.bag of partition tasks → reports.
+"""Run a sweep: spec + what the output holds → the missing partitions as Dask tasks → output.
 
 Worker side: :func:`run_partition` materialises one partition's parameters, calls the
-function per item, writes the partition file and returns a few numbers.
-Client side: :func:`run_sweep` decides what is missing, submits one task per missing
-partition, follows progress, enforces the failure budget and finalises the output.
+function per item (in the worker, or isolated in a child process: :mod:`runner.isolate`),
+writes the partition file and returns a few numbers.
+
+Client side: :class:`SweepRun`, one run of a sweep in named steps::
+
+    prepare   resolve the function, open the source, check the call and the output (no writes)
+    begin     record the run in _manifest.json
+    probe     partition 0 alone: fixes the result schema and sizes the rest (first run only)
+    run       the missing partitions; one whose worker died runs again isolated
+    finalise  count what the store holds, write the manifest, and _SUCCESS when complete
+
+:func:`run_sweep` is ``SweepRun(spec, ...).run()``.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import datetime as dt
+import hashlib
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import cloudpickle
+import dask
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from . import __version__, config
-from .calls import RESERVED, Command, result_columns, run_items
+from .calls import Command, check_call, result_columns, run_items
 from .exceptions import (
     FailureBudgetExceeded,
     InfrastructureError,
     Interrupted,
     OutputConflictError,
     SourceError,
+    Status,
+    StorageUnreachable,
     SweepError,
 )
+from .isolate import IsolatedRun
 from .plan import Descriptor, Layout, todo
 from .policy import FailureBudget, PartitionSizing
+from .secrets import redact
 from .sources import Source, make_source
 from .spec import SweepSpec, resolve_function
-from .store import PartitionCounts, Store
-
-SECRET_WORDS = ("secret", "key", "token", "password", "credential", "session")
+from .store import MANIFEST, PartitionCounts, Store, partition_table, result_schema
 
 # --------------------------------------------------------------------------- worker side
 
@@ -52,13 +68,25 @@ class TaskContext:
     seed: int
     retries: int
     spec_hash: str
+    timeout: float | None = None
+    isolation: str = "auto"
+    max_deaths: int = 10  # sweep.isolation.*, read where the sweep starts
+    memory_fraction: float = 0.95
     result_schema: bytes | None = None
     _fn: Any = field(default=None, repr=False, compare=False)
 
+    @property
+    def function_key(self) -> str:
+        return hashlib.sha256(self.function).hexdigest()[:16]
+
+    @property
+    def always_isolated(self) -> bool:
+        """Items run in a child process from the start (asked for, or a Python timeout)."""
+        python = self.call != "command"  # a command is its own process with its own timeout
+        return python and (self.isolation == "process" or self.timeout is not None)
+
     def load_function(self) -> Any:
         if self._fn is None:
-            import cloudpickle
-
             self._fn = cloudpickle.loads(self.function)
         return self._fn
 
@@ -92,6 +120,8 @@ class PartitionReport:
     write_s: float
     bytes: int
     result_schema: bytes | None = None
+    isolated: bool = False
+    deaths: int = 0  # child processes that died running its items
 
     @property
     def items(self) -> int:
@@ -103,15 +133,18 @@ class PartitionReport:
 
 
 def run_partition(
-    desc: Descriptor, ctx: TaskContext, probe_seconds: float | None = None
+    desc: Descriptor,
+    ctx: TaskContext,
+    probe_seconds: float | None = None,
+    isolated: bool = False,
 ) -> PartitionReport:
     """Compute and write one partition (idempotent: same input, same file).
 
     With ``probe_seconds`` the partition stops early once that much time has passed
     (after at least one item): the probe that sizes the sweep and fixes its schema.
+    ``isolated`` runs the items in a child process (:mod:`runner.isolate`).
     """
     t0 = time.perf_counter()
-    fn = ctx.load_function()
     try:
         params = ctx.source.materialise(desc.start, desc.stop)
     except SweepError:
@@ -121,62 +154,61 @@ def run_partition(
             f"reading parameters {desc.start}..{desc.stop}: {type(e).__name__}: {e}"
         ) from e
     items = np.arange(desc.start, desc.stop, dtype=np.int64)
-    deadline = t0 + probe_seconds if probe_seconds is not None else None
-    res = run_items(fn, ctx.call, params, items, ctx.seed, ctx.retries, deadline)
+    isolated = isolated or ctx.always_isolated
+    if isolated:
+        runner = IsolatedRun(
+            ctx.function,
+            ctx.function_key,
+            ctx.call,
+            ctx.retries,
+            ctx.timeout,
+            ctx.max_deaths,
+            ctx.memory_fraction,
+        )
+        res = runner.run(params, items, ctx.seed, probe_seconds)
+    else:
+        deadline = t0 + probe_seconds if probe_seconds is not None else None
+        fn = ctx.load_function()
+        res = run_items(fn, ctx.call, params, items, ctx.seed, ctx.retries, deadline)
     n = res.n
     if n < params.num_rows:
         params, items = params.slice(0, n), items[:n]
-    schema = ctx.schema()
-    cols = result_columns(res, (*params.column_names, *RESERVED), schema)
-    errors = res.errors
-    failed = np.zeros(n, dtype=bool)
-    failed[list(errors)] = True
+    results = result_columns(res, params.column_names, ctx.schema())
     attempts = np.ones(n, dtype=np.int32)
     if res.attempts:
         attempts[list(res.attempts)] = list(res.attempts.values())
-    arrays = dict(zip(params.column_names, params.columns, strict=True))
-    arrays["item"] = pa.array(items)
-    arrays.update(cols)
-    arrays["status"] = pc.if_else(pa.array(failed), "error", "ok")
-    if errors:
-        arrays["error"] = pa.array([errors.get(k) for k in range(n)], type=pa.string())
-    else:
-        arrays["error"] = pa.nulls(n, pa.string())
-    arrays["attempts"] = pa.array(attempts)
-    arrays["duration_s"] = pa.array(np.asarray(res.durations, dtype=np.float64))
-    table = pa.table(arrays)
+    table = partition_table(params, items, results, res.errors, attempts, res.durations)
     t1 = time.perf_counter()
     stop = desc.start + n
+    errors = len(res.errors)
     meta = {
         "index": desc.index,
         "start": desc.start,
         "stop": stop,
-        "ok": n - len(errors),
-        "errors": len(errors),
+        "ok": n - errors,
+        "errors": errors,
         "spec_hash": ctx.spec_hash,
     }
     nbytes = ctx.store.write_partition(desc.index, table, meta)
     t2 = time.perf_counter()
-    result_schema = None
-    if probe_seconds is not None and len(errors) < n:
-        result_schema = schema_to_bytes(pa.schema([table.schema.field(c) for c in cols]))
+    schema = None
+    if probe_seconds is not None and errors < n:
+        schema = schema_to_bytes(result_schema(table, params.column_names))
     return PartitionReport(
-        desc.index,
-        desc.start,
-        stop,
-        n - len(errors),
-        len(errors),
-        t1 - t0,
-        t2 - t1,
-        nbytes,
-        result_schema,
-    )
+        desc.index, desc.start, stop, n - errors, errors, t1 - t0, t2 - t1, nbytes, schema,
+        isolated, res.deaths,
+    )  # fmt: skip
 
 
 def _run_bag_partition(
-    descs: list[Descriptor], ctx: TaskContext, probe_seconds: float | None
+    descs: list[Descriptor], ctx: TaskContext, probe_seconds: float | None, isolated: bool
 ) -> list[PartitionReport]:
-    return [run_partition(d, ctx, probe_seconds) for d in descs]
+    return [run_partition(d, ctx, probe_seconds, isolated) for d in descs]
+
+
+def _executing_keys(dask_worker: Any) -> list[str]:
+    """Keys of the tasks a worker is running right now (for ``client.run``)."""
+    return [str(ts.key) for ts in dask_worker.state.executing]
 
 
 # --------------------------------------------------------------------------- client side
@@ -184,11 +216,11 @@ def _run_bag_partition(
 
 @dataclass
 class SweepReport:
-    """The outcome of :func:`run_sweep` (what ``--json`` prints)."""
+    """The outcome of a run (what ``--json`` prints)."""
 
     name: str
     output: str
-    status: str  # succeeded | failed | interrupted
+    status: str  # a Status
     spec_hash: str
     items: int
     ok: int
@@ -201,6 +233,7 @@ class SweepReport:
     wall_s: float
     worker_s: float
     items_per_s: float
+    isolated_partitions: int = 0
     dashboard: str | None = None
     exit_code: int = 0
 
@@ -217,22 +250,6 @@ def _noop(event: str, info: dict[str, Any]) -> None:
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def redact(obj: Any) -> Any:
-    """Replace values of secret-looking keys: secrets are never written anywhere."""
-    if isinstance(obj, dict):
-        return {
-            k: (
-                "***"
-                if any(w in str(k).lower() for w in SECRET_WORDS) and v not in (None, "")
-                else redact(v)
-            )
-            for k, v in obj.items()
-        }
-    if isinstance(obj, list):
-        return [redact(v) for v in obj]
-    return obj
 
 
 def check_output(store: Store, spec: SweepSpec, overwrite: bool) -> dict[str, Any] | None:
@@ -262,15 +279,8 @@ def check_output(store: Store, spec: SweepSpec, overwrite: bool) -> dict[str, An
     return manifest
 
 
-def run_sweep(
-    spec: SweepSpec,
-    *,
-    client: Any = None,
-    overwrite: bool = False,
-    progress: ProgressCallback | None = None,
-    provider: Any = None,
-) -> SweepReport:
-    """Run (or resume) a sweep and return its report.
+class SweepRun:
+    """One run (or resume) of a sweep; state lives on the object, steps are methods.
 
     Parameters
     ----------
@@ -281,351 +291,534 @@ def run_sweep(
     overwrite
         Replace whatever sweep the output holds.
     progress
-        ``callback(event, info)`` for ``start``, ``probe``, ``partition`` and ``end`` events.
+        ``callback(event, info)`` for ``cluster``, ``probe``, ``start``, ``partition``,
+        ``isolate``, ``drain`` and ``end`` events.
     provider
         A :class:`~runner.clusters.ClusterProvider` (overrides ``spec.cluster`` and ``client``).
-
-    Raises
-    ------
-    FailureBudgetExceeded
-        More items failed than ``max_failures`` allows (the report is ``e.report``).
-    SpecError, SourceError, OutputConflictError
-        Bad input; nothing was written.
-    InfrastructureError
-        The cluster or the storage failed; finished partitions are kept.
-    Interrupted
-        SIGINT/SIGTERM; finished partitions are kept, rerun to resume.
     """
-    from .clusters import make_provider
 
-    emit = progress or _noop
-    t_start = time.perf_counter()
-    started = _now()
-    fn = resolve_function(spec)
-    source = make_source(spec.params, spec.seed, spec.storage_options)
-    n_items = source.count()
-    if n_items == 0:
-        raise SourceError(f"params: the {source.kind} source has no items; nothing to sweep")
-    store = Store(spec.output, spec.storage_options)
-    manifest = check_output(store, spec, overwrite)
-    store.cleanup_temporaries()
+    def __init__(
+        self,
+        spec: SweepSpec,
+        *,
+        client: Any = None,
+        overwrite: bool = False,
+        progress: ProgressCallback | None = None,
+        provider: Any = None,
+    ) -> None:
+        self.spec = spec
+        self.overwrite = overwrite
+        self.emit = progress or _noop
+        self._client = client
+        self.provider = provider
+        self.t_start = time.perf_counter()
+        self.started = _now()
+        self.status = Status.RUNNING
+        self.phase = "prepare"
+        self.layout: Layout | None = None
+        self.done: set[int] = set()  # partitions in the output when the run began
+        self.known: dict[int, PartitionCounts] = {}  # their footers
+        self.reports: dict[int, PartitionReport] = {}  # what this run computed
+        self.pending: dict[str, tuple[Any, Descriptor]] = {}  # future key -> (future, partition)
+        self.worker_losses: Counter[int] = Counter()
+        self.isolated: set[int] = set()
+        self.crashed_inline: set[str] = set()  # workers that died running items in-process
+        self.dashboard: str | None = None
+        self.created = False  # this run created the output's manifest
+        self.failures = 0
+        self.items_done = 0
+        self.stop_at: float | None = None  # drain deadline after SIGTERM/SIGINT
+        self._stop = threading.Event()
 
-    if manifest is not None and manifest.get("items") not in (None, n_items):
-        raise OutputConflictError(
-            f"output {store.url} was planned for {manifest['items']} items, the source now has {n_items};"
-            " the parameters changed: use another output or --overwrite"
-        )
-    if manifest is None:
-        manifest = {
-            "format": 1,
-            "name": spec.name,
-            "spec": redact(spec.to_dict()),
-            "spec_hash": spec.spec_hash(),
-            "version": __version__,
-            "source": source.describe(),
-            "items": n_items,
-            "layout": None,
-            "result_schema": None,
-            "started": started,
-            "runs": [],
-            "worker_s": 0.0,
-        }
-    manifest["status"] = "running"
-    store.clear_success()
-    store.write_manifest(manifest)
+    # ------------------------------------------------------------------ the run
 
-    import cloudpickle
+    def run(self) -> SweepReport:
+        """Run the steps; raise the outcome's error (or return the report on success).
 
-    callable_ = Command(tuple(fn), spec.timeout) if isinstance(fn, list) else fn
-    ctx = TaskContext(
-        function=cloudpickle.dumps(callable_),
-        call=spec.call,
-        source=source,
-        store=store,
-        seed=spec.seed,
-        retries=spec.retries,
-        spec_hash=spec.spec_hash(),
-        result_schema=_b64decode(manifest.get("result_schema")),
-    )
-    budget = FailureBudget(spec.max_failures)
-    allowed = budget.allowed(n_items)
-    prov = provider or make_provider(
-        spec.cluster, client=client, name=spec.name, base_dir=spec.base_dir
-    )
-    reports: list[PartitionReport] = []
-    status = "failed"
-    run_record = {"started": started}
-    manifest["runs"].append(run_record)
-    futures: list[Any] = []
-    known: dict[int, PartitionCounts] = {}
-    dashboard = None
-    try:
-        with prov as dask_client:
-            dashboard = prov.dashboard_link
-            emit("cluster", {"dashboard": dashboard, "provider": prov.name})
-            layout = Layout.from_dict(manifest["layout"]) if manifest.get("layout") else None
-            done = set(store.list_partitions())
-            if layout is None:
-                layout, probe = _probe(dask_client, ctx, spec, n_items, done, store, prov, emit)
-                if probe is not None:
-                    reports.append(probe)
-                    done.add(0)
-                manifest["layout"] = layout.to_dict()
-                manifest["result_schema"] = _b64encode(ctx.result_schema)
-                manifest["result_columns"] = _schema_types(ctx.schema())
-                store.write_manifest(manifest)
-            missing = todo(layout, done)
-            prior = store.partition_counts(done - {r.index for r in reports})
-            known.update((c.index, c) for c in prior)
-            failures = sum(c.errors for c in prior) + sum(r.errors for r in reports)
-            items_done = sum(c.items for c in prior) + sum(r.items for r in reports)
-            emit(
-                "start",
-                {
-                    "items": n_items,
-                    "items_done": items_done,
-                    "failures": failures,
-                    "partitions": layout.partitions,
-                    "todo": len(missing),
-                    "allowed": allowed,
-                },
+        Raises
+        ------
+        FailureBudgetExceeded
+            More items failed than ``max_failures`` allows (the report is ``e.report``).
+        SpecError, SourceError, OutputConflictError, StorageError
+            Bad input; nothing was written.
+        InfrastructureError
+            The cluster or the storage failed; finished partitions are kept.
+        Interrupted
+            SIGINT/SIGTERM; finished partitions are kept, rerun to resume.
+        """
+        self.prepare()
+        self.begin()
+        error: BaseException | None = None
+        # the cluster stops last: the output is complete before a slow teardown begins
+        with contextlib.ExitStack() as cluster:
+            try:
+                self.client = cluster.enter_context(self._make_provider())
+                self.dashboard = self.provider.dashboard_link
+                self.emit("cluster", {"dashboard": self.dashboard, "provider": self.provider.name})
+                if self.layout is None:
+                    self.probe()
+                self.run_missing()
+                self.status = Status.SUCCEEDED
+            except FailureBudgetExceeded:
+                self.status = Status.FAILED
+            except (KeyboardInterrupt, Interrupted) as e:
+                self.status = Status.INTERRUPTED
+                if isinstance(e, KeyboardInterrupt):
+                    error = Interrupted(
+                        "interrupted: finished partitions are kept; run the same command to resume"
+                    )
+                    raise error from e
+                error = e
+                raise
+            except BaseException as e:
+                self.status = Status.ERROR
+                error = e
+                raise
+            finally:
+                report = self.finalise(error)
+                self.emit("end", report.to_dict())
+        if report.status == Status.FAILED:
+            err = FailureBudgetExceeded(
+                f"{report.errors} of {report.items} items failed, max_failures allows"
+                f" {report.allowed_failures}; see the error column: sweep results {self.spec.output}"
             )
-            if budget.exceeded(failures, n_items):
-                raise FailureBudgetExceeded(
-                    f"{failures} failed items already exceed max_failures={spec.max_failures}"
-                )
-            if missing:
-                futures = _submit(dask_client, ctx, missing)
-                remaining = len(missing)
-                prov.on_remaining(remaining)
-                from distributed import as_completed
+            err.report = report  # type: ignore[attr-defined]
+            raise err
+        return report
 
-                for fut in as_completed(futures):
+    def request_stop(self) -> bool:
+        """Drain: submit nothing more, let running partitions finish within ``grace-seconds``.
+
+        Returns False when there is nothing to drain yet (before partitions run): the
+        caller then stops at once. Safe to call from a signal handler.
+        """
+        if self.phase not in ("probe", "run"):
+            return False
+        self._stop.set()
+        return True
+
+    # ------------------------------------------------------------------ steps
+
+    def prepare(self) -> None:
+        """Everything that can refuse bad input, before anything is written."""
+        spec = self.spec
+        fn = resolve_function(spec)
+        self.spec_hash = spec.spec_hash()
+        self.source = make_source(spec.params, spec.seed, spec.storage_options)
+        self.n_items = self.source.count()
+        if self.n_items == 0:
+            raise SourceError(
+                f"params: the {self.source.kind} source has no items; nothing to sweep"
+            )
+        callable_ = Command(tuple(fn), spec.timeout) if isinstance(fn, list) else fn
+        check_call(callable_, spec.call, self.source.columns, str(spec.function_ref()))
+        self.store = Store(spec.output, spec.storage_options)
+        manifest = check_output(self.store, spec, self.overwrite)
+        if manifest is not None and manifest.get("items") not in (None, self.n_items):
+            raise OutputConflictError(
+                f"output {self.store.url} was planned for {manifest['items']} items, the source"
+                f" now has {self.n_items}; the parameters changed: use another output or --overwrite"
+            )
+        self.manifest = manifest or self._new_manifest()
+        self.created = manifest is None
+        if self.manifest.get("layout"):
+            self.layout = Layout.from_dict(self.manifest["layout"])
+        self.budget = FailureBudget(spec.max_failures)
+        self.allowed = self.budget.allowed(self.n_items)
+        self.ctx = TaskContext(
+            function=cloudpickle.dumps(callable_),
+            call=spec.call,
+            source=self.source,
+            store=self.store,
+            seed=spec.seed,
+            retries=spec.retries,
+            spec_hash=self.spec_hash,
+            timeout=spec.timeout,
+            isolation=spec.isolation,
+            max_deaths=int(config.get("isolation.max-deaths")),
+            memory_fraction=float(config.get("isolation.memory-fraction")),
+            result_schema=_b64decode(self.manifest.get("result_schema")),
+        )
+
+    def begin(self) -> None:
+        """Record the run in the manifest; the first write (an unwritable output fails here)."""
+        self.store.cleanup_temporaries()
+        self.run_record: dict[str, Any] = {"started": self.started}
+        self.manifest["runs"].append(self.run_record)
+        self.manifest["status"] = Status.RUNNING
+        self.store.write_manifest(self.manifest)
+        self.store.clear_success()
+        self.done = set(self.store.list_partitions())
+
+    def probe(self) -> None:
+        """Run partition 0 alone (or recover it); record the layout and the result schema."""
+        self.phase = "probe"
+        explicit = self.spec.partition_size if isinstance(self.spec.partition_size, int) else None
+        if 0 in self.done:
+            # a previous run wrote the probe but died before recording the layout
+            (c,) = self.store.partition_counts([0])
+            head, per_item = c.items, None
+            schema = self.store.read_footer(self.store.list_partitions()[0])
+            self.ctx.result_schema = schema_to_bytes(result_schema(schema, self.source.columns))
+        else:
+            cap = min(self.n_items, explicit or config.get("probe.max-items"))
+            self.emit("probe", {"items": cap})
+            (probe,) = self.run_partitions(
+                [Descriptor(0, 0, cap)], probe_seconds=config.get("probe.seconds")
+            )
+            head = probe.items
+            per_item = probe.compute_s / max(1, probe.items)
+            if probe.result_schema is not None:
+                self.ctx.result_schema = probe.result_schema
+        if explicit:
+            size = explicit
+        else:
+            sizing = PartitionSizing(
+                target_seconds=config.get("partition.target-seconds"),
+                min_partitions_per_worker=config.get("partition.min-per-worker"),
+                max_items=config.get("partition.max-items"),
+            )
+            size = sizing.size(
+                self.n_items - head,
+                per_item if per_item is not None else 1.0,
+                self.provider.workers_hint(),
+            )
+        self.layout = Layout(self.n_items, head, size)
+        self.manifest["layout"] = self.layout.to_dict()
+        self.manifest["result_schema"] = _b64encode(self.ctx.result_schema)
+        self.manifest["result_columns"] = _schema_types(self.ctx.schema())
+        self.store.write_manifest(self.manifest)
+
+    def run_missing(self) -> None:
+        """Compute the partitions the output does not hold; stop early past the failure budget."""
+        assert self.layout is not None
+        missing = [d for d in todo(self.layout, self.done) if d.index not in self.reports]
+        prior = self.store.partition_counts(self.done - set(self.reports))
+        self.known.update((c.index, c) for c in prior)
+        self.failures = sum(c.errors for c in self._counts())
+        self.items_done = sum(c.items for c in self._counts())
+        self.emit(
+            "start",
+            {
+                "items": self.n_items,
+                "items_done": self.items_done,
+                "failures": self.failures,
+                "partitions": self.layout.partitions,
+                "todo": len(missing),
+                "allowed": self.allowed,
+            },
+        )
+        self._check_budget(early=False)
+        if missing:
+            self.run_partitions(missing)
+
+    def run_partitions(
+        self, descs: list[Descriptor], probe_seconds: float | None = None
+    ) -> list[PartitionReport]:
+        """Submit the partitions and follow them to the end (or to a drain, or to the budget).
+
+        A partition whose worker died runs again with its items isolated, once per loss.
+        """
+        from distributed import KilledWorker, as_completed
+
+        self.phase = "probe" if probe_seconds is not None else "run"
+        if self._stop.is_set():
+            raise Interrupted(
+                "interrupted: finished partitions are kept; run the same command to resume"
+            )
+        ac = as_completed(self._submit(descs, probe_seconds, isolated=False))
+        remaining = len(descs)
+        out: list[PartitionReport] = []
+        self.provider.on_remaining(remaining)
+        try:
+            while not ac.is_empty():
+                for fut in self._next_batch(ac):
+                    _, desc = self.pending.pop(fut.key, (None, None))
+                    if desc is None:
+                        continue  # cancelled by a drain
                     try:
-                        batch = fut.result()
+                        reports = fut.result()
+                    except KilledWorker as e:
+                        ac.update(self._isolate(desc, probe_seconds, e))
+                        continue
                     except SweepError:
                         raise
                     except Exception as e:
                         raise InfrastructureError(
-                            f"a partition task failed after retries: {type(e).__name__}: {e}"
+                            f"part-{desc.index:05d} failed: {type(e).__name__}: {e}"
                         ) from e
-                    for r in batch:
-                        reports.append(r)
-                        failures += r.errors
-                        items_done += r.items
-                        remaining -= 1
-                        emit(
-                            "partition",
-                            {
-                                "index": r.index,
-                                "items": r.items,
-                                "errors": r.errors,
-                                "items_done": items_done,
-                                "failures": failures,
-                            },
-                        )
-                    prov.on_remaining(remaining)
-                    if budget.exceeded(failures, n_items):
-                        raise FailureBudgetExceeded(
-                            f"{failures} failed items exceed max_failures={spec.max_failures}"
-                            f" ({allowed} allowed); stopped early"
-                        )
-            status = "succeeded"
-    except FailureBudgetExceeded:
-        status = "failed"
-        _cancel(futures)
-    except KeyboardInterrupt as e:
-        status = "interrupted"
-        _cancel(futures)
-        raise Interrupted(
-            "interrupted: finished partitions are kept; run the same command to resume"
-        ) from e
-    except BaseException:
-        status = "error"
-        _cancel(futures)
-        raise
-    finally:
-        report = _finalise(
-            spec,
-            store,
-            manifest,
-            run_record,
-            reports,
-            known,
-            status,
-            n_items,
-            allowed,
-            t_start,
-            dashboard,
-        )
-        emit("end", report.to_dict())
-    if report.status == "failed":
-        err = FailureBudgetExceeded(
-            f"{report.errors} of {report.items} items failed, max_failures allows {allowed};"
-            f" see the error column: sweep results {spec.output}"
-        )
-        err.report = report  # type: ignore[attr-defined]
-        raise err
-    return report
+                    for r in reports:
+                        self._record(r, announce=probe_seconds is None)
+                        out.append(r)
+                    remaining -= 1
+                    self.provider.on_remaining(remaining)
+                    if probe_seconds is None:
+                        self._check_budget(early=True)
+                if self._stop.is_set():
+                    self._drain()
+        except BaseException:
+            self._cancel()
+            raise
+        return out
 
+    def finalise(self, error: BaseException | None) -> SweepReport:
+        """Count what the store holds, write the manifest, and ``_SUCCESS`` if it is all there.
 
-def _probe(
-    client: Any,
-    ctx: TaskContext,
-    spec: SweepSpec,
-    n_items: int,
-    done: set[int],
-    store: Store,
-    prov: Any,
-    emit: ProgressCallback,
-) -> tuple[Layout, PartitionReport | None]:
-    """Run (or recover) partition 0 alone; derive the layout from its timing."""
-    import dask.bag as db
-
-    explicit = spec.partition_size if isinstance(spec.partition_size, int) else None
-    if 0 in done:
-        # a previous run wrote the probe but died before recording the layout
-        (c,) = store.partition_counts([0])
-        probe = None
-        head, per_item = c.items, None
-        import pyarrow.parquet as pq
-
-        with store.fs.open(store.list_partitions()[0], "rb") as fh:
-            schema = pq.ParquetFile(fh).schema_arrow
-        params = set(ctx.source.columns) | set(RESERVED)
-        ctx.result_schema = schema_to_bytes(
-            pa.schema([f for f in schema if f.name not in params]).remove_metadata()
+        Footers already read or reported this run are not read again; only partition
+        files written by tasks that finished while being cancelled are.
+        """
+        wall = time.perf_counter() - self.t_start
+        worker_s = sum(r.compute_s + r.write_s for r in self.reports.values())
+        counts = self._final_counts()
+        ok = sum(c.ok for c in counts)
+        errors = sum(c.errors for c in counts)
+        layout = self.layout
+        partitions = layout.partitions if layout else 0
+        complete = (
+            layout is not None
+            and len(counts) == partitions
+            and sum(c.items for c in counts) == self.n_items
         )
-    else:
-        cap = min(n_items, explicit or config.get("probe.max-items"))
-        emit("probe", {"items": cap})
-        bag = db.from_sequence([Descriptor(0, 0, cap)], npartitions=1).map_partitions(
-            _run_bag_partition, ctx, config.get("probe.seconds")
+        if self.status == Status.SUCCEEDED and not (complete and errors <= self.allowed):
+            self.status = Status.FAILED
+        items_run = sum(r.items for r in self.reports.values())
+        isolated = sorted(i for i, r in self.reports.items() if r.isolated)
+        self.run_record.update(
+            finished=_now(),
+            status=self.status,
+            partitions_run=len(self.reports),
+            items_run=items_run,
+            wall_s=round(wall, 3),
+            worker_s=round(worker_s, 3),
+            isolated_partitions=isolated,
+            item_process_deaths=sum(r.deaths for r in self.reports.values()),
+            worker_losses=sum(self.worker_losses.values()),
         )
+        self.manifest.update(
+            status=self.status,
+            finished=_now(),
+            partitions=partitions,
+            counts={
+                "items": self.n_items,
+                "ok": ok,
+                "errors": errors,
+                "partitions_done": len(counts),
+            },
+            wall_s=round(sum(r.get("wall_s", 0.0) for r in self.manifest["runs"]), 3),
+            worker_s=round(self.manifest.get("worker_s", 0.0) + worker_s, 3),
+        )
+        self._write_final_manifest(error, bool(counts))
+        return SweepReport(
+            name=self.spec.name,
+            output=self.spec.output,
+            status=self.status,
+            spec_hash=self.spec_hash,
+            items=self.n_items,
+            ok=ok,
+            errors=errors,
+            allowed_failures=self.allowed,
+            partitions=partitions,
+            partitions_done=len(counts),
+            partitions_run=len(self.reports),
+            items_run=items_run,
+            wall_s=round(wall, 3),
+            worker_s=round(worker_s, 3),
+            items_per_s=round(items_run / wall, 1) if wall > 0 else 0.0,
+            isolated_partitions=len(isolated),
+            dashboard=self.dashboard,
+            exit_code=self.status.exit_code,
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _new_manifest(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "name": self.spec.name,
+            "spec": redact(self.spec.to_dict()),
+            "spec_hash": self.spec_hash,
+            "version": __version__,
+            "source": self.source.describe(),
+            "items": self.n_items,
+            "layout": None,
+            "result_schema": None,
+            "started": self.started,
+            "runs": [],
+            "worker_s": 0.0,
+        }
+
+    def _make_provider(self) -> Any:
+        if self.provider is None:
+            from .clusters import make_provider
+
+            self.provider = make_provider(
+                self.spec.cluster,
+                client=self._client,
+                name=self.spec.name,
+                base_dir=self.spec.base_dir,
+            )
+        return self.provider
+
+    def _submit(
+        self, descs: list[Descriptor], probe_seconds: float | None, isolated: bool
+    ) -> list[Any]:
+        """One bag partition per sweep partition; the context rides along as one shared task."""
+        import dask.bag as db
+
+        ctx = dask.delayed(self.ctx, pure=True, traverse=False)
+        bag = db.from_sequence(descs, npartitions=len(descs)).map_partitions(
+            _run_bag_partition, ctx, probe_seconds, isolated
+        )
+        futures = self.client.compute(bag.to_delayed(), retries=config.get("task-retries"))
+        for fut, desc in zip(futures, descs, strict=True):
+            self.pending[fut.key] = (fut, desc)
+        return futures
+
+    def _isolate(self, desc: Descriptor, probe_seconds: float | None, e: Exception) -> list[Any]:
+        """The partition's worker died: run it again, its items isolated in child processes."""
+        worker = getattr(getattr(e, "last_worker", None), "address", "?")
+        if desc.index not in self.isolated:
+            self.crashed_inline.add(worker)
+            self.worker_losses[desc.index] += 1
+        elif worker not in self.crashed_inline:  # not a neighbour's crash: count it
+            self.worker_losses[desc.index] += 1
+            losses = self.worker_losses[desc.index]
+            if losses > int(config.get("isolation.max-worker-losses")):
+                raise InfrastructureError(
+                    f"part-{desc.index:05d}: its worker died {losses} times, the last times with"
+                    f" its items isolated in child processes (last worker {worker}): workers are"
+                    " lost for another reason (node preemption, the worker's own memory); check"
+                    " the worker logs, then run the same command again to resume"
+                ) from e
+        self.isolated.add(desc.index)
+        self.emit("isolate", {"index": desc.index, "worker": worker})
+        return self._submit([desc], probe_seconds, isolated=True)
+
+    def _next_batch(self, ac: Any) -> list[Any]:
+        """Finished futures, waiting at most a moment (so a drain request is seen).
+
+        Partitions that ran in-process come first: when one worker death took several
+        partitions, the isolated ones among them then know they were not the cause.
+        """
+        if not ac.has_ready():
+            with ac.thread_condition:
+                ac.thread_condition.wait(timeout=0.2)
+        batch = ac.next_batch(block=False)
+        isolated = {key for key, (_, d) in self.pending.items() if d.index in self.isolated}
+        return sorted(batch, key=lambda f: f.key in isolated)
+
+    def _record(self, r: PartitionReport, announce: bool) -> None:
+        self.reports[r.index] = r
+        self.failures += r.errors
+        self.items_done += r.items
+        if announce:
+            self.emit(
+                "partition",
+                {
+                    "index": r.index,
+                    "items": r.items,
+                    "errors": r.errors,
+                    "items_done": self.items_done,
+                    "failures": self.failures,
+                    "isolated": r.isolated,
+                    "deaths": r.deaths,
+                },
+            )
+
+    def _check_budget(self, early: bool) -> None:
+        if self.budget.exceeded(self.failures, self.n_items):
+            more = f" ({self.allowed} allowed); stopped early" if early else " already"
+            raise FailureBudgetExceeded(
+                f"{self.failures} failed items exceed max_failures={self.spec.max_failures}{more}"
+            )
+
+    def _drain(self) -> None:
+        """After a stop request: cancel what has not started; end when the rest is done or late."""
+        if self.stop_at is None:
+            grace = float(config.get("grace-seconds"))
+            self.stop_at = time.monotonic() + grace
+            running = self._running_keys()
+            waiting = [f for key, (f, _) in self.pending.items() if key not in running]
+            for f in waiting:
+                self.pending.pop(f.key, None)
+            if waiting:
+                self.client.cancel(waiting, force=True)
+            self.emit(
+                "drain",
+                {
+                    "running": sorted(d.index for _, d in self.pending.values()),
+                    "cancelled": len(waiting),
+                    "grace": grace,
+                },
+            )
+        if not self.pending or time.monotonic() >= self.stop_at:
+            raise Interrupted(
+                "interrupted: finished partitions are kept; run the same command to resume"
+            )
+
+    def _running_keys(self) -> set[str]:
+        """Keys of this run's tasks that workers are executing now."""
         try:
-            (probe,) = client.compute(bag, retries=config.get("task-retries")).result()
+            per_worker = self.client.run(_executing_keys)
+        except Exception:
+            per_worker = self.client.processing()
+        running = {str(k) for keys in per_worker.values() for k in keys}
+        return {key for key in self.pending if str(key) in running}
+
+    def _cancel(self) -> None:
+        pending = [f for f, _ in self.pending.values() if not f.done()]
+        self.pending.clear()
+        if pending:
+            with contextlib.suppress(Exception):
+                self.client.cancel(pending, force=True)
+
+    def _counts(self) -> list[PartitionCounts]:
+        merged = {**self.known, **{i: r.counts() for i, r in self.reports.items()}}
+        return list(merged.values())
+
+    def _final_counts(self) -> list[PartitionCounts]:
+        merged = {c.index: c for c in self._counts()}
+        try:
+            done = self.store.list_partitions()
+            unknown = set(done) - set(merged)
+            if unknown:
+                merged.update((c.index, c) for c in self.store.partition_counts(unknown))
+            return [merged[i] for i in done if i in merged]
         except SweepError:
-            raise
-        except Exception as e:
-            raise InfrastructureError(f"the first partition failed: {type(e).__name__}: {e}") from e
-        head = probe.items
-        per_item = probe.compute_s / max(1, probe.items)
-        if probe.result_schema is not None:
-            ctx.result_schema = probe.result_schema
-    if explicit:
-        size = explicit
-    else:
-        sizing = PartitionSizing(
-            target_seconds=config.get("partition.target-seconds"),
-            min_partitions_per_worker=config.get("partition.min-per-worker"),
-            max_items=config.get("partition.max-items"),
-        )
-        size = sizing.size(
-            n_items - head, per_item if per_item is not None else 1.0, prov.workers_hint()
-        )
-    return Layout(n_items, head, size), probe
+            return list(merged.values())
+
+    def _write_final_manifest(self, error: BaseException | None, any_partition: bool) -> None:
+        """Write the manifest (and ``_SUCCESS``); after bad input in a new output, leave nothing.
+
+        When storage is what failed, one attempt is enough: the error is already known.
+        """
+        bad_input = isinstance(error, SweepError) and error.exit_code == 2
+        if isinstance(error, StorageUnreachable):
+            self.store.retry = dataclasses.replace(self.store.retry, retries=0)
+        try:
+            if bad_input and self.created and not any_partition:
+                self.store.remove(MANIFEST)
+                return
+            self.store.write_manifest(self.manifest)
+            if self.status == Status.SUCCEEDED:
+                self.store.mark_success()
+        except SweepError:
+            if self.status == Status.SUCCEEDED:
+                raise
 
 
-def _submit(client: Any, ctx: TaskContext, missing: list[Descriptor]) -> list[Any]:
-    """One bag partition per sweep partition; the context rides along as one shared task."""
-    import dask
-    import dask.bag as db
-
-    ctx_d = dask.delayed(ctx, pure=True, traverse=False)
-    bag = db.from_sequence(missing, npartitions=len(missing)).map_partitions(
-        _run_bag_partition, ctx_d, None
-    )
-    return client.compute(bag.to_delayed(), retries=config.get("task-retries"))
-
-
-def _cancel(futures: list[Any]) -> None:
-    pending = [f for f in futures if not f.done()]
-    if pending:
-        with contextlib.suppress(Exception):
-            pending[0].client.cancel(pending, force=True)
-
-
-def _finalise(
+def run_sweep(
     spec: SweepSpec,
-    store: Store,
-    manifest: dict[str, Any],
-    run_record: dict[str, Any],
-    reports: list[PartitionReport],
-    known: dict[int, PartitionCounts],
-    status: str,
-    n_items: int,
-    allowed: int,
-    t_start: float,
-    dashboard: str | None,
+    *,
+    client: Any = None,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    provider: Any = None,
 ) -> SweepReport:
-    """Count what the store holds, write the manifest, and ``_SUCCESS`` if it is all there.
-
-    ``known`` holds the counts already read or reported this run; only other partition
-    files (e.g. written by tasks that finished while being cancelled) have footers read.
-    """
-    wall = time.perf_counter() - t_start
-    worker_s = sum(r.compute_s + r.write_s for r in reports)
-    layout = Layout.from_dict(manifest["layout"]) if manifest.get("layout") else None
-    known = {**known, **{r.index: r.counts() for r in reports}}
-    try:
-        done = store.list_partitions()
-        unknown = set(done) - set(known)
-        counts = [known[i] for i in done if i in known]
-        counts += store.partition_counts(unknown) if unknown else []
-    except Exception:
-        counts = []
-    ok = sum(c.ok for c in counts)
-    errors = sum(c.errors for c in counts)
-    partitions = layout.partitions if layout else 0
-    complete = (
-        layout is not None and len(counts) == partitions and sum(c.items for c in counts) == n_items
-    )
-    if status == "succeeded":
-        status = "succeeded" if complete and errors <= allowed else "failed"
-    items_run = sum(r.items for r in reports)
-    run_record.update(
-        finished=_now(),
-        status=status,
-        partitions_run=len(reports),
-        items_run=items_run,
-        wall_s=round(wall, 3),
-        worker_s=round(worker_s, 3),
-    )
-    manifest.update(
-        status=status,
-        finished=_now(),
-        partitions=partitions,
-        counts={"items": n_items, "ok": ok, "errors": errors, "partitions_done": len(counts)},
-        wall_s=round(sum(r.get("wall_s", 0.0) for r in manifest["runs"]), 3),
-        worker_s=round(manifest.get("worker_s", 0.0) + worker_s, 3),
-    )
-    try:
-        store.write_manifest(manifest)
-        if status == "succeeded":
-            store.mark_success()
-    except SweepError:
-        if status == "succeeded":
-            raise
-    exit_code = {"succeeded": 0, "failed": 1, "interrupted": 130}.get(status, 3)
-    return SweepReport(
-        name=spec.name,
-        output=spec.output,
-        status=status,
-        spec_hash=spec.spec_hash(),
-        items=n_items,
-        ok=ok,
-        errors=errors,
-        allowed_failures=allowed,
-        partitions=partitions,
-        partitions_done=len(counts),
-        partitions_run=len(reports),
-        items_run=items_run,
-        wall_s=round(wall, 3),
-        worker_s=round(worker_s, 3),
-        items_per_s=round(items_run / wall, 1) if wall > 0 else 0.0,
-        dashboard=dashboard,
-        exit_code=exit_code,
-    )
+    """Run (or resume) a sweep and return its report: ``SweepRun(...).run()``."""
+    return SweepRun(
+        spec, client=client, overwrite=overwrite, progress=progress, provider=provider
+    ).run()
 
 
 def _b64encode(data: bytes | None) -> str | None:

@@ -6,11 +6,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from .calls import RESERVED
-from .exceptions import SourceError
-from .store import Store
-
-STATUS_COLUMNS = ("status", "error", "attempts", "duration_s")
+from .exceptions import SourceError, SweepError
+from .store import ITEM, ITEM_ERROR, OUTPUT_COLUMNS, STATUS_COLUMNS, Store
 
 
 def _open(
@@ -20,6 +17,8 @@ def _open(
     try:
         manifest = store.read_manifest()
         parts = store.list_partitions()
+    except SweepError:
+        raise
     except Exception as e:
         raise SourceError(f"{url}: cannot read the sweep output: {type(e).__name__}: {e}") from e
     if manifest is None and not parts:
@@ -77,10 +76,10 @@ def result_columns(table_schema: pa.Schema, manifest: dict[str, Any] | None) -> 
     if manifest and manifest.get("result_columns"):
         return [c for c in manifest["result_columns"] if c in table_schema.names]
     names = table_schema.names
-    if "item" in names:
-        after = names[names.index("item") + 1 :]
+    if ITEM in names:
+        after = names[names.index(ITEM) + 1 :]
         return [c for c in after if c not in STATUS_COLUMNS]
-    return [c for c in names if c not in RESERVED]
+    return [c for c in names if c not in OUTPUT_COLUMNS]
 
 
 def summarise(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -120,7 +119,7 @@ def summarise(url: str, storage_options: dict[str, Any] | None = None) -> dict[s
         return out
     table = load_table(url, storage_options)
     if errors:
-        err = table.filter(pc.equal(table["status"], "error"))["error"]
+        err = table.filter(pc.equal(table["status"], ITEM_ERROR))["error"]
         vc = pc.value_counts(err).to_pylist()
         vc.sort(key=lambda d: -d["counts"])
         out["top_errors"] = [{"error": d["values"], "count": d["counts"]} for d in vc[:5]]
@@ -154,7 +153,7 @@ def plot_results(
 
     if columns is None:
         names = list(df.columns)
-        start = names.index("item") + 1 if "item" in names else 0
+        start = names.index(ITEM) + 1 if ITEM in names else 0
         columns = [c for c in names[start:] if c not in STATUS_COLUMNS]
     columns = [
         c

@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .exceptions import SourceError
-from .spec import RESERVED_COLUMNS, DatasetSource, Linspace, ParamsSpec, QMCSource, RandomSource
+from .exceptions import SourceError, SweepError
+from .spec import DatasetSource, Linspace, ParamsSpec, QMCSource, RandomSource
+from .store import RESERVED_NAMES, RetryPolicy, reserved_clash, retrying
 
 # Random values are generated in fixed blocks of items so that item i's value does
 # not depend on the partition that asks for it.
 RANDOM_BLOCK = 1 << 14
-PARAM_RESERVED = (*RESERVED_COLUMNS, "result")
 
 
 class Source:
@@ -227,6 +227,7 @@ class DatasetSourceImpl(Source):
     files: tuple[FilePiece, ...]
     schema: pa.Schema
     storage_options: dict[str, Any] = field(default_factory=dict)
+    retry: RetryPolicy = field(default_factory=RetryPolicy.from_config)
     kind: str = "dataset"
 
     @property
@@ -249,7 +250,14 @@ class DatasetSourceImpl(Source):
             if hi <= start or lo >= stop or f.rows == 0:
                 continue
             a, b = max(start, lo) - lo, min(stop, hi) - lo
-            pieces.append(_read_rows(fs, f.path, self.format, a, b, self.schema))
+            pieces.append(
+                retrying(
+                    functools.partial(_read_rows, fs, f.path, self.format, a, b, self.schema),
+                    f"params.dataset {f.path}",
+                    f"reading rows {a}..{b}",
+                    self.retry,
+                )
+            )
         table = pa.concat_tables(pieces) if pieces else self.schema.empty_table()
         return table
 
@@ -341,24 +349,22 @@ def open_dataset(spec: DatasetSource, storage_options: dict[str, Any]) -> Datase
     from fsspec.core import url_to_fs
 
     url = spec.url
-    try:
+
+    def listing() -> tuple[Any, list[str]]:
         fs, root = url_to_fs(url, **storage_options)
         if fs.isdir(root):
-            paths = sorted(
+            return fs, sorted(
                 p
                 for p in fs.find(root)
                 if not any(part.startswith(("_", ".")) for part in p[len(root) :].split("/"))
             )
-        elif fs.exists(root):
-            paths = [root]
-        else:
-            raise SourceError(
-                f"params.dataset: {url} does not exist; check the URL and credentials"
-            )
-    except SourceError:
-        raise
-    except Exception as e:
-        raise SourceError(f"params.dataset: cannot list {url}: {type(e).__name__}: {e}") from e
+        return fs, [root] if fs.exists(root) else []
+
+    fs, paths = retrying(listing, f"params.dataset {url}", "listing it")
+    if not paths:
+        raise SourceError(
+            f"params.dataset: {url} does not exist or holds no files; check the URL and credentials"
+        )
     fmt = spec.format
     if fmt is None:
         fmts = {_guess_format(p) for p in paths} - {None}
@@ -376,9 +382,16 @@ def open_dataset(spec: DatasetSource, storage_options: dict[str, Any]) -> Datase
     schema: pa.Schema | None = None
     for p in paths:
         try:
-            rows, file_schema = _inspect_file(fs, p, fmt)
+            rows, file_schema = retrying(
+                functools.partial(_inspect_file, fs, p, fmt), f"params.dataset {p}", "reading it"
+            )
+        except SweepError:
+            raise
         except Exception as e:
-            raise SourceError(f"params.dataset: cannot read {p} as {fmt}: {e}") from e
+            raise SourceError(
+                f"params.dataset: cannot read {p} as {fmt} ({' '.join(str(e).split())[:200]});"
+                " check the file, or set params.dataset.format"
+            ) from e
         if spec.columns:
             missing = [c for c in spec.columns if c not in file_schema.names]
             if missing:
@@ -399,12 +412,6 @@ def open_dataset(spec: DatasetSource, storage_options: dict[str, Any]) -> Datase
                 ) from e
         files.append(FilePiece(p, rows))
     assert schema is not None
-    clash = sorted(set(schema.names) & set(PARAM_RESERVED))
-    if clash:
-        raise SourceError(
-            f"params.dataset: column(s) {', '.join(clash)} clash with output columns; rename them"
-            " or choose columns with params.dataset.columns"
-        )
     proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     files = [
         FilePiece(p if "://" in p or proto == "file" else f"{proto}://{p}", r)
@@ -432,14 +439,30 @@ def _inspect_file(fs: Any, path: str, fmt: str) -> tuple[int, pa.Schema]:
 def make_source(
     params: ParamsSpec, seed: int = 0, storage_options: dict[str, Any] | None = None
 ) -> Source:
-    """Build the source described by a spec's ``params``."""
+    """Build the source described by a spec's ``params``.
+
+    Raises
+    ------
+    SourceError
+        The source cannot be read, or a parameter is named like an output column.
+    """
+    source: Source
     if params.grid is not None:
-        return GridSource.from_spec(params.grid)
-    if params.random is not None:
-        return RandomSourceImpl.from_spec(params.random, seed)
-    if params.lhs is not None:
-        return QMCSourceImpl.from_spec("lhs", params.lhs, seed)
-    if params.sobol is not None:
-        return QMCSourceImpl.from_spec("sobol", params.sobol, seed)
-    assert params.dataset is not None
-    return open_dataset(params.dataset, storage_options or {})
+        source = GridSource.from_spec(params.grid)
+    elif params.random is not None:
+        source = RandomSourceImpl.from_spec(params.random, seed)
+    elif params.lhs is not None:
+        source = QMCSourceImpl.from_spec("lhs", params.lhs, seed)
+    elif params.sobol is not None:
+        source = QMCSourceImpl.from_spec("sobol", params.sobol, seed)
+    else:
+        assert params.dataset is not None
+        source = open_dataset(params.dataset, storage_options or {})
+    clash = reserved_clash(source.columns)
+    if clash:
+        pick = " or pick columns with params.dataset.columns" if params.dataset else ""
+        raise SourceError(
+            f"params.{params.kind}: parameter(s) {', '.join(map(repr, clash))} are named like output"
+            f" columns ({', '.join(RESERVED_NAMES)}): rename them{pick}"
+        )
+    return source

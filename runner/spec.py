@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -20,7 +21,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -36,7 +37,6 @@ from pydantic import (
 
 from .exceptions import SpecError
 
-RESERVED_COLUMNS = ("item", "status", "error", "attempts", "duration_s")
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 URL_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)?[^\s]+$")
 
@@ -148,30 +148,11 @@ class ParamsSpec(_Model):
                 "give exactly one parameter source of dataset, grid, random, lhs, sobol"
                 f" (got {', '.join(given) or 'none'})"
             )
-        names = self.column_names()
-        if names is not None:
-            clash = sorted(set(names) & set(RESERVED_COLUMNS))
-            if clash:
-                raise ValueError(
-                    f"parameter column(s) {', '.join(clash)} clash with output columns"
-                    f" {', '.join(RESERVED_COLUMNS)}: rename them"
-                )
         return self
 
     @property
     def kind(self) -> str:
         return next(k for k in type(self).model_fields if getattr(self, k) is not None)
-
-    def column_names(self) -> list[str] | None:
-        """Parameter column names when known without reading data (None for datasets)."""
-        if self.grid is not None:
-            return list(self.grid)
-        if self.random is not None:
-            return list(self.random.columns)
-        for qmc in (self.lhs, self.sobol):
-            if qmc is not None:
-                return list(qmc.bounds)
-        return self.dataset.columns if self.dataset is not None else None
 
 
 # --------------------------------------------------------------------------- cluster
@@ -236,6 +217,7 @@ class SweepSpec(_Model):
     max_failures: NonNegativeInt | Annotated[float, Field(ge=0, lt=1)] = 0
     seed: int = 0
     timeout: Annotated[float, Field(gt=0)] | None = None
+    isolation: Literal["auto", "process"] = "auto"
     storage_options: dict[str, Any] = {}
     cluster: ClusterSpec = ClusterSpec()
     base_dir: str | None = Field(default=None, exclude=True)
@@ -376,7 +358,9 @@ def format_validation_error(err: ValidationError, where: str) -> str:
         loc = re.sub(r"\.(list\[Any\]|Linspace|constrained-.*?)(?=\.|$)", "", loc)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; see `sweep validate --help`)"
+            close = difflib.get_close_matches(str(e["loc"][-1]), _fields_at(e["loc"]), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "check the spelling"
+            msg = f"unknown field ({hint} see the README's spec reference)"
         parts.append(f"{loc}: {msg}" if loc else msg)
     # pydantic reports each member of a union; keep the most specific messages
     seen: list[str] = []
@@ -384,6 +368,41 @@ def format_validation_error(err: ValidationError, where: str) -> str:
         if p not in seen:
             seen.append(p)
     return f"{where}: " + "; ".join(seen[:4]) + (" …" if len(seen) > 4 else "")
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """The field names allowed where ``loc`` (a pydantic error location) ends."""
+    types: list[Any] = [SweepSpec]
+    for part in loc[:-1]:
+        nxt: list[Any] = []
+        for t in _expand(types):
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                field = t.model_fields.get(str(part))
+                if field is not None:
+                    nxt.append(field.annotation)
+            elif get_origin(t) in (dict, list):
+                nxt.append(get_args(t)[-1])
+        types = nxt
+    return sorted(
+        {
+            f
+            for t in _expand(types)
+            if isinstance(t, type) and issubclass(t, BaseModel)
+            for f in t.model_fields
+        }
+    )
+
+
+def _expand(types: list[Any]) -> list[Any]:
+    """Unwrap ``X | None``, ``Union`` and ``Annotated`` into their member types."""
+    out: list[Any] = []
+    for t in types:
+        origin = get_origin(t)
+        if origin in (Union, type(int | None)) or origin is Annotated:
+            out.extend(_expand(list(get_args(t)) if origin is not Annotated else [get_args(t)[0]]))
+        else:
+            out.append(t)
+    return out
 
 
 def build_spec(data: dict[str, Any], where: str = "spec") -> SweepSpec:
@@ -406,9 +425,13 @@ def load_spec(path: str | os.PathLike[str], **overrides: Any) -> SweepSpec:
     """
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise SpecError(f"{p}: cannot read the spec file ({e.strerror}); check the path") from e
+    except UnicodeDecodeError as e:
+        raise SpecError(
+            f"{p}: not a text file (byte {e.start} is not UTF-8); give the YAML spec file"
+        ) from e
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

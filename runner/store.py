@@ -1,14 +1,22 @@
-"""The output layout: atomic partition writes, the manifest, ``_SUCCESS``, what is done.
+"""The output: its table contract, atomic partition writes, the manifest, ``_SUCCESS``, what is done.
 
 Layout under the output URL::
 
-    part-00000.parquet ...   one file per partition (params, item, results, status, ...)
+    part-00000.parquet ...   one file per partition: the parameter columns, ``item``, the
+                             result column(s), ``status``, ``error``, ``attempts``, ``duration_s``
     _manifest.json           spec, spec hash, plan, counts, timings (written first, updated)
     _SUCCESS                 written last, only when the sweep succeeded
     _params/                 an in-memory DataFrame given to ``runner.sweep`` (if any)
 
 Names starting with ``_`` or ``.`` are ignored by pyarrow, pandas and Spark readers,
 and temporary files do not end in ``.parquet`` so DuckDB globs skip them too.
+
+The column contract (:data:`OUTPUT_COLUMNS`, :data:`RESERVED_NAMES`) and the building
+of a partition's table (:func:`partition_table`) live here and nowhere else.
+
+Storage failures become one-line errors naming the URL (:func:`storage_error`):
+unreachable storage is an :class:`InfrastructureError` (exit 3, rerun to resume), a
+refusal (missing bucket, permission, credentials) a :class:`StorageError` (exit 2).
 """
 
 from __future__ import annotations
@@ -18,16 +26,20 @@ import io
 import json
 import os
 import re
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .exceptions import InfrastructureError
+from . import config
+from .exceptions import InfrastructureError, StorageError, StorageUnreachable, SweepError
 
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
@@ -36,9 +48,178 @@ PART_RE = re.compile(r"^part-(\d{5,})\.parquet$")
 TMP_PREFIX = ".tmp-"
 META_KEY = b"sweep"
 
+# --------------------------------------------------------------------------- the table contract
+
+ITEM = "item"
+RESULT = "result"  # the column of a function's scalar result (dict results name their own)
+STATUS_COLUMNS = ("status", "error", "attempts", "duration_s")
+OUTPUT_COLUMNS = (ITEM, *STATUS_COLUMNS)  # written by the runner into every partition
+RESERVED_NAMES = (*OUTPUT_COLUMNS, RESULT)  # no parameter may be named like these
+ITEM_OK = "ok"
+ITEM_ERROR = "error"
+
+
+def reserved_clash(names: Iterable[str]) -> list[str]:
+    """The names among ``names`` that a parameter must not use (output columns and ``result``)."""
+    return [n for n in names if n in RESERVED_NAMES]
+
+
+def partition_table(
+    params: pa.Table,
+    items: np.ndarray,
+    results: Mapping[str, pa.Array],
+    errors: Mapping[int, str],
+    attempts: np.ndarray,
+    durations: Sequence[float],
+) -> pa.Table:
+    """One partition's table: parameters, ``item``, results, then the status columns.
+
+    ``errors`` maps a row to its error message (the row's status is ``error``);
+    ``results`` must not reuse a parameter or output column name.
+    """
+    n = len(items)
+    taken = set(params.column_names) | set(OUTPUT_COLUMNS)
+    clash = [c for c in results if c in taken]
+    if clash:
+        raise ValueError(f"result column(s) {clash} would overwrite parameter or output columns")
+    failed = np.zeros(n, dtype=bool)
+    failed[list(errors)] = True
+    arrays: dict[str, Any] = dict(zip(params.column_names, params.columns, strict=True))
+    arrays[ITEM] = pa.array(items, pa.int64())
+    arrays.update(results)
+    arrays["status"] = pc.if_else(pa.array(failed), ITEM_ERROR, ITEM_OK)
+    arrays["error"] = (
+        pa.array([errors.get(k) for k in range(n)], type=pa.string())
+        if errors
+        else pa.nulls(n, pa.string())
+    )
+    arrays["attempts"] = pa.array(attempts, pa.int32())
+    arrays["duration_s"] = pa.array(np.asarray(durations, dtype=np.float64))
+    return pa.table(arrays)
+
+
+def result_schema(table: pa.Table | pa.Schema, param_names: Iterable[str]) -> pa.Schema:
+    """The schema of a partition's result columns: what is neither a parameter nor an output column."""
+    schema = table.schema if isinstance(table, pa.Table) else table
+    skip = set(param_names) | set(OUTPUT_COLUMNS)
+    return pa.schema([f for f in schema if f.name not in skip]).remove_metadata()
+
 
 def part_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
+
+
+# --------------------------------------------------------------------------- storage failures
+
+# Matched by class name (botocore, aiohttp, gcsfs, adlfs and the standard library use
+# different classes for the same conditions; nothing needs importing here).
+UNREACHABLE = frozenset(
+    {
+        "ConnectionError",  # builtin (refused, reset, broken pipe) and botocore's
+        "TimeoutError",
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+        "ConnectionClosedError",
+        "ProxyConnectionError",
+        "HTTPClientError",
+        "ResponseStreamingError",
+        "ClientConnectorError",
+        "ClientOSError",
+        "ServerDisconnectedError",
+        "ClientPayloadError",
+        "FSTimeoutError",
+        "IncompleteRead",
+    }
+)
+REFUSED = frozenset(
+    {
+        "FileNotFoundError",  # also a missing bucket
+        "PermissionError",  # s3fs: AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch
+        "NotADirectoryError",
+        "IsADirectoryError",
+        "NoCredentialsError",
+        "PartialCredentialsError",
+        "NoSuchBucket",
+        "InvalidAccessKeyId",
+    }
+)
+
+
+def _http_status(e: BaseException) -> int | None:
+    response = getattr(e, "response", None)
+    if isinstance(response, dict):
+        return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return None
+
+
+def is_unreachable(e: BaseException) -> bool:
+    """Is this a failure to reach storage (network, timeouts, 5xx), worth retrying?"""
+    names = {c.__name__ for c in type(e).__mro__}
+    status = _http_status(e)
+    return bool(names & UNREACHABLE) or (status is not None and (status >= 500 or status == 429))
+
+
+def storage_error(url: str, doing: str, e: BaseException) -> SweepError:
+    """One line naming ``url`` and what to do; ``e`` is what the filesystem raised."""
+    if isinstance(e, SweepError):
+        return e
+    detail = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+    names = {c.__name__ for c in type(e).__mro__}
+    status = _http_status(e)
+    if is_unreachable(e):
+        return StorageUnreachable(
+            f"{url}: storage unreachable while {doing} ({detail}); check the endpoint, the"
+            " network and the storage service, then run the same command again to resume"
+        )
+    if names & REFUSED or (status is not None and 400 <= status < 500):
+        return StorageError(
+            f"{url}: storage refused {doing} ({detail}); check that the bucket or path exists"
+            " and that the credentials allow it"
+        )
+    return InfrastructureError(
+        f"{url}: storage failed while {doing} ({detail}); run the same command again to resume"
+    )
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often to retry unreachable storage: read from ``sweep.storage`` where the sweep starts.
+
+    It travels with the objects that use it (the store, a dataset source), so workers
+    follow the runner's settings, not their own.
+    """
+
+    retries: int
+    wait: float
+
+    @classmethod
+    def from_config(cls) -> RetryPolicy:
+        return cls(int(config.get("storage.retries")), float(config.get("storage.retry-wait")))
+
+
+def retrying(fn: Callable[[], T], url: str, doing: str, policy: RetryPolicy | None = None) -> T:
+    """Call ``fn``; retry failures to reach storage (``policy.retries`` times, backing off).
+
+    The filesystem retries first (s3fs retries throttling and dropped connections
+    itself); this covers what is left, e.g. a storage service restarting. Anything
+    else is raised at once as :func:`storage_error`.
+    """
+    policy = policy or RetryPolicy.from_config()
+    retries, wait = policy.retries, policy.wait
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except SweepError:
+            raise
+        except Exception as e:
+            if attempt == retries or not is_unreachable(e):
+                raise storage_error(url, doing, e) from e
+        time.sleep(wait * 2**attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @dataclass(frozen=True)
@@ -57,19 +238,29 @@ class PartitionCounts:
 
 
 class Store:
-    """An output URL: picklable (workers write through it), creates its filesystem lazily."""
+    """An output URL: picklable (workers write through it), creates its filesystem lazily.
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+    Every storage call goes through :func:`retrying`, so a failure is retried when it
+    is transient and otherwise becomes one line that names the URL.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        storage_options: dict[str, Any] | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self.url = url.rstrip("/") or "/"
         self.storage_options = dict(storage_options or {})
+        self.retry = retry or RetryPolicy.from_config()
         self._fs: Any = None
         self._root: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url, "storage_options": self.storage_options}
+        return {"url": self.url, "storage_options": self.storage_options, "retry": self.retry}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["url"], state["storage_options"])  # type: ignore[misc]
+        self.__init__(state["url"], state["storage_options"], state["retry"])  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
@@ -84,7 +275,7 @@ class Store:
             try:
                 self._fs, self._root = url_to_fs(self.url, **self.storage_options)
             except Exception as e:
-                raise InfrastructureError(f"output {self.url}: cannot open storage: {e}") from e
+                raise storage_error(f"output {self.url}", "opening it", e) from e
         return self._fs
 
     @property
@@ -104,49 +295,61 @@ class Store:
     def child_url(self, name: str) -> str:
         return f"{self.url}/{name}"
 
+    def _call(self, name: str | None, doing: str, fn: Callable[[], T]) -> T:
+        url = f"output {self.child_url(name) if name else self.url}"
+        return retrying(fn, url, doing, self.retry)
+
     def exists(self, name: str) -> bool:
-        self.fs.invalidate_cache(self.path(name))
-        return bool(self.fs.exists(self.path(name)))
+        def check() -> bool:
+            self.fs.invalidate_cache(self.path(name))
+            return bool(self.fs.exists(self.path(name)))
+
+        return self._call(name, "checking it", check)
 
     # ------------------------------------------------------------------ atomic writes
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        """Write a whole object atomically.
+        """Write a whole object atomically (retried when storage is briefly unreachable).
 
         Object stores make a single PUT visible whole; on a file system we write a
         temporary file beside the target and rename it into place.
         """
         target = self.path(name)
-        try:
-            if self.is_local:
-                parent = os.path.dirname(target)
-                os.makedirs(parent, exist_ok=True)
-                tmp = os.path.join(
-                    parent, f"{TMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(name)}"
-                )
-                try:
-                    with open(tmp, "wb") as fh:
-                        fh.write(data)
-                        fh.flush()
-                        os.fsync(fh.fileno())
-                    os.replace(tmp, target)
-                finally:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
-            else:
+
+        def write() -> None:
+            if not self.is_local:
                 self.fs.pipe_file(target, data)
-        except OSError as e:
-            raise InfrastructureError(f"output {self.child_url(name)}: write failed: {e}") from e
+                return
+            parent = os.path.dirname(target)
+            os.makedirs(parent, exist_ok=True)
+            tmp = os.path.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(name)}")
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+
+        self._call(name, "writing it", write)
 
     def read_bytes(self, name: str) -> bytes | None:
-        try:
-            return self.fs.cat_file(self.path(name))
-        except FileNotFoundError:
-            return None
+        def read() -> bytes | None:
+            try:
+                return self.fs.cat_file(self.path(name))
+            except FileNotFoundError:
+                return None
+
+        return self._call(name, "reading it", read)
 
     def remove(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.fs.rm(self.path(name), recursive=True)
+        def rm() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(self.path(name), recursive=True)
+
+        self._call(name, "deleting it", rm)
 
     # ------------------------------------------------------------------ partitions
 
@@ -170,7 +373,7 @@ class Store:
                 for f in table.schema
                 if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
             ],
-            write_statistics=["item"],
+            write_statistics=[ITEM],
         )
         data = sink.getvalue()
         self.write_bytes(part_name(index), data)
@@ -178,17 +381,29 @@ class Store:
 
     def list_partitions(self) -> dict[int, str]:
         """Finished partitions: index -> path. A partition file exists whole or not at all."""
-        try:
-            self.fs.invalidate_cache(self.root)
-            entries = self.fs.ls(self.root, detail=False)
-        except FileNotFoundError:
-            return {}
+
+        def ls() -> list[str]:
+            try:
+                self.fs.invalidate_cache(self.root)
+                return self.fs.ls(self.root, detail=False)
+            except FileNotFoundError:
+                return []
+
         out = {}
-        for p in entries:
+        for p in self._call(None, "listing it", ls):
             m = PART_RE.match(p.rstrip("/").rsplit("/", 1)[-1])
             if m:
                 out[int(m.group(1))] = p
         return out
+
+    def read_footer(self, path: str) -> pa.Schema:
+        """The Arrow schema of a partition file, with its metadata (the footer only)."""
+
+        def read() -> pa.Schema:
+            with self.fs.open(path, "rb") as fh:
+                return pq.ParquetFile(fh).schema_arrow
+
+        return self._call(path.rsplit("/", 1)[-1], "reading its footer", read)
 
     def partition_counts(self, indices: Iterable[int] | None = None) -> list[PartitionCounts]:
         """Read the footers (not the data) of finished partitions, in parallel."""
@@ -196,8 +411,7 @@ class Store:
         wanted = sorted(done if indices is None else set(indices) & set(done))
 
         def one(i: int) -> PartitionCounts:
-            with self.fs.open(done[i], "rb") as fh:
-                md = pq.ParquetFile(fh).schema_arrow.metadata or {}
+            md = self.read_footer(done[i]).metadata or {}
             m = json.loads(md.get(META_KEY, b"{}"))
             return PartitionCounts(
                 i, int(m["start"]), int(m["stop"]), int(m["ok"]), int(m["errors"])
@@ -214,7 +428,7 @@ class Store:
             return 0
         try:
             names = os.listdir(self.root)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return 0
         n = 0
         for name in names:
@@ -256,7 +470,7 @@ class Store:
     def clear(self) -> None:
         """Delete the sweep's results here (``--overwrite``); inputs in ``_params/`` and foreign files stay."""
         self.clear_success()
-        for path in self.list_partitions().values():
-            self.fs.rm(path)
+        for index in self.list_partitions():
+            self.remove(part_name(index))
         self.remove(MANIFEST)
         self.cleanup_temporaries()

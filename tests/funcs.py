@@ -60,3 +60,41 @@ def slow(a, b):
 
     time.sleep(float(os.environ.get("SWEEP_TEST_SLEEP", "0.02")))
     return math.sqrt(a * a + b * b)
+
+
+def crash_on(a, b):
+    """Kills its own process for two items: exit code 1 (a=7, b=1) and SIGSEGV (a=3, b=0)."""
+    if a == 7 and b == 1:
+        os._exit(1)
+    if a == 3 and b == 0:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return a + b
+
+
+def crash_when_even(a, b):
+    if int(a) % 2 == 0:
+        os._exit(3)
+    return a + b
+
+
+def hang_on(a, b):
+    """Never returns for a == 5."""
+    import time
+
+    if a == 5:
+        time.sleep(3600)
+    return a * b
+
+
+def memory_hog(a, b):
+    """Touches ~1.5 GiB for a == 2."""
+    if a == 2:
+        hog = np.ones(200_000_000)  # 1.6 GB, every page written
+        return float(hog.sum())
+    return float(a + b)
+
+
+def result_key_clash(a, b):
+    return {"a": a * 2, "total": a + b}

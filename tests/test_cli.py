@@ -6,39 +6,18 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 import runner
+from tests.clitools import SWEEP, sweep, write_spec
 from tests.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.timeout(180)
-SWEEP = str(Path(sys.executable).parent / "sweep")
-
-
-def sweep(*args, env, timeout=120, cwd=ROOT):
-    return subprocess.run(
-        [SWEEP, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd
-    )
-
-
-def write_spec(path: Path, **fields) -> Path:
-    spec = {
-        "name": "cli-test",
-        "function": "tests.funcs:add",
-        "params": {"grid": {"a": list(range(10)), "b": [0.0, 0.5]}},
-        "output": str(path.parent / "out"),
-        "partition_size": 4,
-    }
-    spec.update(fields)
-    path.write_text(yaml.safe_dump(spec))
-    return path
 
 
 def test_run_json_summary_and_results(tmp_path, cli_env, dask_cluster):

@@ -320,7 +320,7 @@ def test_bad_sources_are_clear(client, tmp_path):
     with pytest.raises(SourceError, match="cannot tell the format"):
         run(client, tmp_path / "o", params={"dataset": str(tmp_path / "weird.txt")})
     pd.DataFrame({"item": [1], "a": [2]}).to_parquet(tmp_path / "clash.parquet")
-    with pytest.raises(SourceError, match="clash with output columns"):
+    with pytest.raises(SourceError, match="named like output columns"):
         run(client, tmp_path / "o", params={"dataset": str(tmp_path / "clash.parquet")})
     assert not (tmp_path / "o").exists(), "nothing is written on bad input"
     with pytest.raises(SpecError, match="cannot import module"):

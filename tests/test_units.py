@@ -200,12 +200,15 @@ def test_result_columns_schema_enforced_across_partitions():
     assert cols["result"].to_pylist() == [1.0, 2.5, None, None]
     assert "cannot be stored as double" in res.errors[2]
     res = ItemResults(values=[{"x": 1}, {"x": 2, "a": 3}, 5])
-    cols = result_columns(res, ("a", "item"), None)
+    cols = result_columns(res, ("a", "item"), pa.schema([("x", pa.int64())]))
     assert (
         cols["x"].to_pylist() == [1, None, None]
         and "clash" in res.errors[1]
         and "dict" in res.errors[2]
     )
+    # before the schema is fixed (the probe), such a key is bad input: it would overwrite `a`
+    with pytest.raises(SpecError, match="returns key\\(s\\) 'a', named like parameter"):
+        result_columns(ItemResults(values=[{"x": 1}, {"x": 2, "a": 3}]), ("a",), None)
 
 
 # ------------------------------------------------------------------ spec

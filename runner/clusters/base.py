@@ -6,6 +6,25 @@ import abc
 from types import TracebackType
 from typing import Any
 
+# The engine handles a worker's death itself: the partition runs again with its items
+# isolated in child processes, which finds the item that killed the worker. So the
+# schedulers a provider starts give up on a task after one death, instead of Dask's
+# default of three more workers killed by the same item; and a worker holds only the
+# tasks it runs (no queued extra one), so a death takes no innocent partition along.
+# Partitions take seconds: the scheduler round trip between two of them costs nothing.
+SCHEDULER_CONFIG: dict[str, Any] = {
+    "distributed.scheduler.allowed-failures": 0,
+    "distributed.scheduler.worker-saturation": 1.0,
+}
+
+
+def config_env(config: dict[str, Any]) -> dict[str, str]:
+    """Dask config as the ``DASK_*`` variables a process in a container reads."""
+    return {
+        "DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(value)
+        for key, value in config.items()
+    }
+
 
 class ClusterProvider(abc.ABC):
     """Gives the engine a Dask client and, optionally, scales with the work left.

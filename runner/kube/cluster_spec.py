@@ -29,6 +29,7 @@ from typing import Any, Literal
 import yaml
 
 from .. import __version__
+from ..clusters.base import SCHEDULER_CONFIG, config_env
 from ..exceptions import SpecError
 
 Role = Literal["worker", "scheduler"]
@@ -228,6 +229,14 @@ def apply_overrides(
             pod.pop("automountServiceAccountToken", None)
     else:
         c.setdefault("command", list(SCHEDULER_COMMAND))
+        env = list(c.get("env") or [])
+        named = {e.get("name") for e in env}
+        env += [
+            {"name": k, "value": v}
+            for k, v in config_env(SCHEDULER_CONFIG).items()
+            if k not in named
+        ]
+        c["env"] = env
         user_args = _drop_flag(user_args, "--host")
         c["args"] = ["--host", "0.0.0.0", *user_args]
         _ensure_ports(c, [("tcp-comm", SCHEDULER_PORT), ("http-dashboard", DASHBOARD_PORT)])
