@@ -18,7 +18,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
-from . import config  # registers the sweep.* defaults in dask.config
+from . import config  # noqa: F401 - registers the sweep.* defaults in dask.config
 from .exceptions import (
     FailureBudgetExceeded,
     InfrastructureError,

@@ -291,19 +291,17 @@ def run(
 
 @app.command()
 def validate(spec_path: SpecArg) -> None:
-    """Check a spec: fields, the function's import, and the parameter source."""
-    from .sources import make_source
-    from .spec import resolve_function
+    """Check a spec: fields, the function's import and signature, and the parameter source."""
+    from .execute import check_inputs
 
     try:
         spec = _load(spec_path)
-        resolve_function(spec)
-        source = make_source(spec.params, spec.seed, spec.storage_options)
-        n = source.count()
+        inputs = check_inputs(spec)
     except SweepError as e:
         raise _fail(e) from e
     out.print(
-        f"{spec_path}: ok — {spec.name}: {n:,} items from {source.describe()}, call {spec.call}, output {spec.output}"
+        f"{spec_path}: ok — {spec.name}: {inputs.n_items:,} items from {inputs.source.describe()},"
+        f" call {spec.call}, output {spec.output}"
     )
 
 
@@ -316,17 +314,14 @@ def plan(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show the partitions: how many, their items, which are done, where params come from."""
-    from .execute import check_output
+    from .execute import check_inputs, check_output
     from .plan import Layout, todo
-    from .sources import make_source
-    from .spec import resolve_function
     from .store import Store
 
     try:
         spec = _load(spec_path, output=output)
-        resolve_function(spec)
-        source = make_source(spec.params, spec.seed, spec.storage_options)
-        n = source.count()
+        inputs = check_inputs(spec)
+        source, n = inputs.source, inputs.n_items
         store = Store(spec.output, spec.storage_options)
         manifest = check_output(store, spec, overwrite=False)
     except SweepError as e:

@@ -252,6 +252,33 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What a valid spec resolves to on this machine: the callable, its source, how many items."""
+
+    function: Any  # the function, or a Command
+    source: Source
+    n_items: int
+
+
+def check_inputs(spec: SweepSpec) -> Inputs:
+    """Import the function, open the source, check that the call fits (no output is touched).
+
+    Raises
+    ------
+    SpecError, SourceError, StorageError
+        Bad input, in one line naming the field, file or URL.
+    """
+    fn = resolve_function(spec)
+    source = make_source(spec.params, spec.seed, spec.storage_options)
+    n_items = source.count()
+    if n_items == 0:
+        raise SourceError(f"params: the {source.kind} source has no items; nothing to sweep")
+    function = Command(tuple(fn), spec.timeout) if isinstance(fn, list) else fn
+    check_call(function, spec.call, source.columns, str(spec.function_ref()))
+    return Inputs(function, source, n_items)
+
+
 def check_output(store: Store, spec: SweepSpec, overwrite: bool) -> dict[str, Any] | None:
     """Compare the output with the spec; return the existing manifest when it is the same sweep.
 
@@ -325,6 +352,7 @@ class SweepRun:
         self.crashed_inline: set[str] = set()  # workers that died running items in-process
         self.dashboard: str | None = None
         self.created = False  # this run created the output's manifest
+        self.created_root = False  # ... and its local folder
         self.failures = 0
         self.items_done = 0
         self.stop_at: float | None = None  # drain deadline after SIGTERM/SIGINT
@@ -402,16 +430,9 @@ class SweepRun:
     def prepare(self) -> None:
         """Everything that can refuse bad input, before anything is written."""
         spec = self.spec
-        fn = resolve_function(spec)
+        inputs = check_inputs(spec)
+        self.source, self.n_items = inputs.source, inputs.n_items
         self.spec_hash = spec.spec_hash()
-        self.source = make_source(spec.params, spec.seed, spec.storage_options)
-        self.n_items = self.source.count()
-        if self.n_items == 0:
-            raise SourceError(
-                f"params: the {self.source.kind} source has no items; nothing to sweep"
-            )
-        callable_ = Command(tuple(fn), spec.timeout) if isinstance(fn, list) else fn
-        check_call(callable_, spec.call, self.source.columns, str(spec.function_ref()))
         self.store = Store(spec.output, spec.storage_options)
         manifest = check_output(self.store, spec, self.overwrite)
         if manifest is not None and manifest.get("items") not in (None, self.n_items):
@@ -421,12 +442,13 @@ class SweepRun:
             )
         self.manifest = manifest or self._new_manifest()
         self.created = manifest is None
+        self.created_root = self.created and self.store.is_local and not self.store.exists("")
         if self.manifest.get("layout"):
             self.layout = Layout.from_dict(self.manifest["layout"])
         self.budget = FailureBudget(spec.max_failures)
         self.allowed = self.budget.allowed(self.n_items)
         self.ctx = TaskContext(
-            function=cloudpickle.dumps(callable_),
+            function=cloudpickle.dumps(inputs.function),
             call=spec.call,
             source=self.source,
             store=self.store,
@@ -788,16 +810,17 @@ class SweepRun:
             return list(merged.values())
 
     def _write_final_manifest(self, error: BaseException | None, any_partition: bool) -> None:
-        """Write the manifest (and ``_SUCCESS``); after bad input in a new output, leave nothing.
+        """Write the manifest (and ``_SUCCESS``); a new output that got no partition is removed.
 
         When storage is what failed, one attempt is enough: the error is already known.
         """
-        bad_input = isinstance(error, SweepError) and error.exit_code == 2
         if isinstance(error, StorageUnreachable):
             self.store.retry = dataclasses.replace(self.store.retry, retries=0)
         try:
-            if bad_input and self.created and not any_partition:
-                self.store.remove(MANIFEST)
+            if self.created and not any_partition:
+                self.store.remove(MANIFEST)  # nothing was done: leave nothing behind
+                if self.created_root:
+                    self.store.remove_root_if_empty()
                 return
             self.store.write_manifest(self.manifest)
             if self.status == Status.SUCCEEDED:

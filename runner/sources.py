@@ -360,7 +360,15 @@ def open_dataset(spec: DatasetSource, storage_options: dict[str, Any]) -> Datase
             )
         return fs, [root] if fs.exists(root) else []
 
-    fs, paths = retrying(listing, f"params.dataset {url}", "listing it")
+    try:
+        fs, paths = retrying(listing, f"params.dataset {url}", "listing it")
+    except SweepError:
+        raise
+    except Exception as e:
+        raise SourceError(
+            f"params.dataset: cannot list {url} ({type(e).__name__}: {e}); check the URL and"
+            " storage_options"
+        ) from e
     if not paths:
         raise SourceError(
             f"params.dataset: {url} does not exist or holds no files; check the URL and credentials"

@@ -350,24 +350,31 @@ def _check_url_text(v: str) -> str:
 # --------------------------------------------------------------------------- loading
 
 
+# pydantic names the member of a union an error belongs to inside its location
+_UNION_TAG = re.compile(r"^(function-|constrained-|tuple\[|list\[|dict\[|literal\[)|^(Linspace|int|float|str|bool)$")
+# errors that only say "not this member of the union" when another member says more
+_WRONG_MEMBER = frozenset(
+    {"model_type", "model_attributes_type", "dict_type", "list_type", "is_instance_of"}
+)
+
+
 def format_validation_error(err: ValidationError, where: str) -> str:
     """One line: ``where: field.path: message; other.field: message``."""
-    parts = []
+    found: dict[str, list[tuple[str, str]]] = {}  # location -> [(error type, message)]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "tuple[")))
-        loc = re.sub(r"\.(list\[Any\]|Linspace|constrained-.*?)(?=\.|$)", "", loc)
+        loc = ".".join(str(p) for p in e["loc"] if not _UNION_TAG.match(str(p)))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             close = difflib.get_close_matches(str(e["loc"][-1]), _fields_at(e["loc"]), n=1)
-            hint = f"did you mean {close[0]!r}?" if close else "check the spelling"
+            hint = f"did you mean {close[0]!r}?" if close else "check the spelling;"
             msg = f"unknown field ({hint} see the README's spec reference)"
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    # pydantic reports each member of a union; keep the most specific messages
-    seen: list[str] = []
-    for p in parts:
-        if p not in seen:
-            seen.append(p)
-    return f"{where}: " + "; ".join(seen[:4]) + (" …" if len(seen) > 4 else "")
+        found.setdefault(loc, []).append((e["type"], msg))
+    parts: list[str] = []
+    for loc, errors in found.items():
+        specific = [m for t, m in errors if t not in _WRONG_MEMBER] or [m for _, m in errors]
+        for msg in dict.fromkeys(specific):
+            parts.append(f"{loc}: {msg}" if loc else msg)
+    return f"{where}: " + "; ".join(parts[:4]) + (" …" if len(parts) > 4 else "")
 
 
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:

@@ -160,23 +160,30 @@ def is_unreachable(e: BaseException) -> bool:
     return bool(names & UNREACHABLE) or (status is not None and (status >= 500 or status == 429))
 
 
+def is_refused(e: BaseException) -> bool:
+    """Did storage refuse the request (missing bucket or path, permission, credentials)?"""
+    names = {c.__name__ for c in type(e).__mro__}
+    status = _http_status(e)
+    return bool(names & REFUSED) or (status is not None and 400 <= status < 500 and status != 429)
+
+
 def storage_error(url: str, doing: str, e: BaseException) -> SweepError:
     """One line naming ``url`` and what to do; ``e`` is what the filesystem raised."""
     if isinstance(e, SweepError):
         return e
     detail = " ".join(f"{type(e).__name__}: {e}".split())[:300]
-    names = {c.__name__ for c in type(e).__mro__}
-    status = _http_status(e)
     if is_unreachable(e):
         return StorageUnreachable(
             f"{url}: storage unreachable while {doing} ({detail}); check the endpoint, the"
             " network and the storage service, then run the same command again to resume"
         )
-    if names & REFUSED or (status is not None and 400 <= status < 500):
+    if is_refused(e):
         return StorageError(
             f"{url}: storage refused {doing} ({detail}); check that the bucket or path exists"
             " and that the credentials allow it"
         )
+    if isinstance(e, TypeError):  # the filesystem was given options it does not take
+        return StorageError(f"{url}: cannot use it ({detail}); check the URL and storage_options")
     return InfrastructureError(
         f"{url}: storage failed while {doing} ({detail}); run the same command again to resume"
     )
@@ -205,20 +212,22 @@ def retrying(fn: Callable[[], T], url: str, doing: str, policy: RetryPolicy | No
     """Call ``fn``; retry failures to reach storage (``policy.retries`` times, backing off).
 
     The filesystem retries first (s3fs retries throttling and dropped connections
-    itself); this covers what is left, e.g. a storage service restarting. Anything
-    else is raised at once as :func:`storage_error`.
+    itself); this covers what is left, e.g. a storage service restarting. A refusal
+    is raised at once as :func:`storage_error`; any other exception (a corrupt file,
+    say) is the caller's to explain.
     """
     policy = policy or RetryPolicy.from_config()
-    retries, wait = policy.retries, policy.wait
-    for attempt in range(retries + 1):
+    for attempt in range(policy.retries + 1):
         try:
             return fn()
         except SweepError:
             raise
         except Exception as e:
-            if attempt == retries or not is_unreachable(e):
+            if is_refused(e) or (is_unreachable(e) and attempt == policy.retries):
                 raise storage_error(url, doing, e) from e
-        time.sleep(wait * 2**attempt)
+            if not is_unreachable(e):
+                raise
+        time.sleep(policy.wait * 2**attempt)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -274,6 +283,11 @@ class Store:
 
             try:
                 self._fs, self._root = url_to_fs(self.url, **self.storage_options)
+            except (TypeError, ValueError) as e:  # the filesystem refused its options
+                raise StorageError(
+                    f"output {self.url}: cannot open it ({type(e).__name__}: {e});"
+                    " check the URL and storage_options"
+                ) from e
             except Exception as e:
                 raise storage_error(f"output {self.url}", "opening it", e) from e
         return self._fs
@@ -297,7 +311,12 @@ class Store:
 
     def _call(self, name: str | None, doing: str, fn: Callable[[], T]) -> T:
         url = f"output {self.child_url(name) if name else self.url}"
-        return retrying(fn, url, doing, self.retry)
+        try:
+            return retrying(fn, url, doing, self.retry)
+        except SweepError:
+            raise
+        except Exception as e:
+            raise storage_error(url, doing, e) from e
 
     def exists(self, name: str) -> bool:
         def check() -> bool:
@@ -421,6 +440,12 @@ class Store:
             return []
         with ThreadPoolExecutor(max_workers=min(16, len(wanted))) as pool:
             return list(pool.map(one, wanted))
+
+    def remove_root_if_empty(self) -> None:
+        """Remove the output folder if it holds nothing (local outputs; object stores have none)."""
+        if self.is_local:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.root)
 
     def cleanup_temporaries(self) -> int:
         """Remove temporary files left by writers that were killed mid-write."""
