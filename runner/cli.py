@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 
 from .exceptions import Interrupted, SpecError, SweepError
+from .secrets import redact_url
 
 app = typer.Typer(
     name="sweep",
@@ -29,13 +30,25 @@ app = typer.Typer(
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
+
+def _print(text: Any, **kwargs: Any) -> None:
+    """``out.print`` with URL passwords (``scheme://user:***@host``) masked in text."""
+    out.print(redact_url(text) if isinstance(text, str) else text, **kwargs)
+
+
+def _print_json(data: Any, **kwargs: Any) -> None:
+    """One JSON document on stdout, URL passwords masked."""
+    print(redact_url(json.dumps(data, **kwargs)), flush=True)
+
+
 SpecArg = Annotated[Path, typer.Argument(help="The sweep spec (YAML).", show_default=False)]
 
 
 def _fail(e: SweepError) -> typer.Exit:
+    message = redact_url(str(e))  # error messages quote URLs (datasets, outputs)
     err.print(
-        f"[bold red]error:[/] {e}", markup=True, highlight=False
-    ) if err.is_terminal else print(f"error: {e}", file=sys.stderr)
+        f"[bold red]error:[/] {message}", markup=True, highlight=False
+    ) if err.is_terminal else print(f"error: {message}", file=sys.stderr)
     return typer.Exit(e.exit_code)
 
 
@@ -156,7 +169,7 @@ class Progress:
             self.bar = None
 
     def _say(self, text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
+        print(redact_url(text), file=sys.stderr, flush=True)
 
 
 def _fmt_s(s: float) -> str:
@@ -169,26 +182,26 @@ def _fmt_s(s: float) -> str:
 def _print_summary(report: dict[str, Any]) -> None:
     status = report["status"]
     colour = {"succeeded": "green", "failed": "red"}.get(status, "yellow")
-    out.print(f"[bold {colour}]{report['name']}: {status}[/]")
-    out.print(
+    _print(f"[bold {colour}]{report['name']}: {status}[/]")
+    _print(
         f"  items      {report['items']:,}  ok {report['ok']:,}  failed {report['errors']:,}"
         f" (allowed {report['allowed_failures']:,})"
     )
-    out.print(
+    _print(
         f"  partitions {report['partitions_done']:,}/{report['partitions']:,} written,"
         f" {report['partitions_run']:,} this run ({report['items_run']:,} items)"
     )
-    out.print(
+    _print(
         f"  time       {report['wall_s']:.1f}s wall, {report['worker_s']:.1f} worker-s,"
         f" {report['items_per_s']:,.0f} items/s"
     )
     if report.get("isolated_partitions"):
-        out.print(
+        _print(
             f"  isolated   {report['isolated_partitions']:,} partition(s) ran with items in child"
             " processes (a worker died, or isolation/timeout asked for it)"
         )
-    out.print(f"  output     {report['output']}")
-    out.print(f"  next       sweep results {report['output']}")
+    _print(f"  output     {report['output']}")
+    _print(f"  next       sweep results {report['output']}")
 
 
 # --------------------------------------------------------------------------- commands
@@ -277,13 +290,13 @@ def run(
             signal.signal(sig, handler)
     if report is not None:
         if as_json:
-            print(json.dumps(report), flush=True)
+            _print_json(report)
         else:
             _print_summary(report)
             if code == 1:
                 print(
                     f"error: {report['errors']} items failed, max_failures allows {report['allowed_failures']};"
-                    f" see: sweep results {report['output']}",
+                    f" see: sweep results {redact_url(report['output'])}",
                     file=sys.stderr,
                 )
     raise typer.Exit(code)
@@ -299,7 +312,7 @@ def validate(spec_path: SpecArg) -> None:
         inputs = check_inputs(spec)
     except SweepError as e:
         raise _fail(e) from e
-    out.print(
+    _print(
         f"{spec_path}: ok — {spec.name}: {inputs.n_items:,} items from {inputs.source.describe()},"
         f" call {spec.call}, output {spec.output}"
     )
@@ -349,21 +362,21 @@ def plan(
         info["todo"] = [[d.index, d.start, d.stop] for d in missing[:1000]]
         info["todo_count"] = len(missing)
     if as_json:
-        print(json.dumps(info))
+        _print_json(info)
         return
-    out.print(f"{spec.name}: {n:,} items from {info['source']}")
-    out.print(f"  output {spec.output} (spec hash {info['spec_hash']})")
+    _print(f"{spec.name}: {n:,} items from {info['source']}")
+    _print(f"  output {spec.output} (spec hash {info['spec_hash']})")
     if layout is None:
-        out.print(f"  not started: {info['note']}")
+        _print(f"  not started: {info['note']}")
     else:
-        out.print(
+        _print(
             f"  {layout.partitions:,} partitions (first {layout.head:,} items, then {layout.size:,} each);"
             f" {info['todo_count']:,} to run"
         )
         for idx, start, stop in info["todo"][:10]:
-            out.print(f"    part-{idx:05d}: items {start:,}..{stop - 1:,}")
+            _print(f"    part-{idx:05d}: items {start:,}..{stop - 1:,}")
         if info["todo_count"] > 10:
-            out.print(f"    … {info['todo_count'] - 10:,} more")
+            _print(f"    … {info['todo_count'] - 10:,} more")
 
 
 @app.command()
@@ -412,32 +425,32 @@ def results(
     except SweepError as e:
         raise _fail(e) from e
     if as_json:
-        print(json.dumps(summary, default=str))
+        _print_json(summary, default=str)
     else:
         _print_results(summary)
         if csv:
-            out.print(f"  wrote {csv} ({len(df):,} rows)")
+            _print(f"  wrote {csv} ({len(df):,} rows)")
         if plot:
-            out.print(f"  wrote {plot}")
+            _print(f"  wrote {plot}")
 
 
 def _print_results(s: dict[str, Any]) -> None:
     from rich.table import Table
 
-    out.print(f"[bold]{s['name'] or s['output']}[/]: {s['state']}")
+    _print(f"[bold]{s['name'] or s['output']}[/]: {s['state']}")
     total = f"{s['items']:,}" if s["items"] is not None else "?"
     pct = f" ({s['percent_done']}%)" if s["percent_done"] is not None else ""
-    out.print(
+    _print(
         f"  items      {s['items_done']:,}/{total} done{pct}, ok {s['ok']:,}, failed {s['errors']:,}"
     )
     parts = f"{s['partitions']:,}" if s["partitions"] else "?"
-    out.print(f"  partitions {s['partitions_done']:,}/{parts}")
+    _print(f"  partitions {s['partitions_done']:,}/{parts}")
     if not s["complete"] and s["state"] not in ("succeeded",):
-        out.print(
+        _print(
             "  [yellow]incomplete[/]: rerun the same `sweep run` to finish (resume computes only what is missing)"
         )
     for e in s["top_errors"]:
-        out.print(f"  [red]{e['count']:,}x[/] {e['error'][:200]}")
+        _print(f"  [red]{e['count']:,}x[/] {e['error'][:200]}")
     if s["describe"]:
         t = Table(show_edge=False, pad_edge=False)
         stats = ["count", "mean", "std", "min", "25%", "50%", "75%", "max"]
@@ -448,7 +461,7 @@ def _print_results(s: dict[str, Any]) -> None:
             t.add_row(
                 col, *[f"{d.get(st):.5g}" if isinstance(d.get(st), float) else "-" for st in stats]
             )
-        out.print(t)
+        _print(t)
 
 
 def _register_extensions() -> None:
@@ -468,11 +481,12 @@ def main() -> None:
     try:
         app()
     except SweepError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact_url(str(e))}", file=sys.stderr)
         sys.exit(e.exit_code)
     except Exception as e:  # an unexpected failure is infrastructure, never "budget exceeded"
         print(
-            f"error: internal error {type(e).__name__}: {e} (rerun with SWEEP_DEBUG=1 for a traceback)",
+            f"error: internal error {type(e).__name__}: {redact_url(str(e))}"
+            " (rerun with SWEEP_DEBUG=1 for a traceback)",
             file=sys.stderr,
         )
         sys.exit(3)

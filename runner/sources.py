@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from .exceptions import SourceError, SweepError
+from .secrets import redact_url
 from .spec import DatasetSource, Linspace, ParamsSpec, QMCSource, RandomSource
 from .store import RESERVED_NAMES, RetryPolicy, reserved_clash, retrying
 
@@ -238,7 +239,7 @@ class DatasetSourceImpl(Source):
         return sum(f.rows for f in self.files)
 
     def describe(self) -> str:
-        return f"dataset {self.url} ({len(self.files)} {self.format} file(s))"
+        return f"dataset {redact_url(self.url)} ({len(self.files)} {self.format} file(s))"
 
     def materialise(self, start: int, stop: int) -> pa.Table:
         fs = _fs(self.url, tuple(sorted(self.storage_options.items())))

@@ -24,6 +24,7 @@ from runner.exceptions import InfrastructureError, SpecError
 from runner.kube import cluster_spec as cs
 from runner.kube import manifests as mf
 from runner.policy import ScalingPolicy
+from runner.secrets import is_secret_name
 from runner.spec import ClusterSpec, KubernetesSpec, load_spec
 
 pytestmark = pytest.mark.timeout(60)
@@ -600,9 +601,9 @@ def test_no_secret_value_in_rendered_manifests(monkeypatch: pytest.MonkeyPatch) 
 
 def test_is_secret_name() -> None:
     for name in ("AWS_SECRET_ACCESS_KEY", "key", "secret", "token", "sessionToken", "password"):
-        assert cs.is_secret_name(name), name
+        assert is_secret_name(name), name
     for name in ("secretName", "env_from_secret", "role_arn", "endpoint_url", "anon", "MONKEY"):
-        assert not cs.is_secret_name(name), name
+        assert not is_secret_name(name), name
 
 
 # --------------------------------------------------------------------------- the CLI

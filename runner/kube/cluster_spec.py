@@ -31,6 +31,7 @@ import yaml
 from .. import __version__
 from ..clusters.base import SCHEDULER_CONFIG, config_env
 from ..exceptions import SpecError
+from ..secrets import is_secret_name
 
 Role = Literal["worker", "scheduler"]
 
@@ -43,9 +44,6 @@ DASHBOARD_PORT = 8787
 WORKER_DASHBOARD_PORT = 8788
 MAX_CLUSTER_NAME = 53  # the operator appends "-scheduler" and names must fit in 63
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-SECRET_PARTS = frozenset(
-    {"secret", "key", "token", "password", "passwd", "credential", "credentials", "session"}
-)
 
 #: labels every object a sweep creates carries (``app.kubernetes.io/instance`` is the sweep)
 PART_OF = "sweep"
@@ -481,44 +479,12 @@ def label_value(text: str) -> str:
 # --------------------------------------------------------------------------- secrets
 
 
-REFERENCE_PARTS = frozenset({"name", "names", "ref", "from", "file", "path", "arn", "id"})
-
-
-def is_secret_name(name: str) -> bool:
-    """Does a key or variable name look like it holds a credential (not a reference to one)?
-
-    ``AWS_SECRET_ACCESS_KEY``, ``key``, ``sessionToken`` do; ``secretName``,
-    ``env_from_secret``, ``role_arn`` name a credential without holding it.
-    """
-    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(name)).lower()
-    parts = [p for p in re.split(r"[^a-z0-9]+", spaced) if p]
-    if not parts or parts[-1] in REFERENCE_PARTS or "from" in parts:
-        return False
-    return any(p in SECRET_PARTS for p in parts)
-
-
-def literal_secrets(obj: Any, path: str = "") -> list[str]:
-    """Paths of literal strings under secret-looking keys, e.g. ``storage_options.key`` (pure)."""
-    found: list[str] = []
-    if isinstance(obj, Mapping):
-        for k, v in obj.items():
-            sub = f"{path}.{k}" if path else str(k)
-            if isinstance(v, str):
-                if v and is_secret_name(str(k)):
-                    found.append(sub)
-            else:
-                found.extend(literal_secrets(v, sub))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            found.extend(literal_secrets(v, f"{path}[{i}]"))
-    return found
-
-
 def template_literal_secrets(template: Mapping[str, Any], where: str) -> list[str]:
     """Env entries of a pod template that hold a credential as a literal ``value`` (pure).
 
     ``env: [{name: AWS_SECRET_ACCESS_KEY, value: ...}]`` is flagged;
-    ``valueFrom.secretKeyRef`` and ``envFrom.secretRef`` are the way.
+    ``valueFrom.secretKeyRef`` and ``envFrom.secretRef`` are the way. What is a
+    credential is :func:`runner.secrets.is_secret_name`'s call.
     """
     spec = template.get("spec") or {}
     found = []

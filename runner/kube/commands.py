@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from ..exceptions import InfrastructureError, SpecError, SweepError
+from ..secrets import redact_url
 
 SpecArg = Annotated[Path, typer.Argument(help="The sweep spec (YAML).", show_default=False)]
 NameArg = Annotated[
@@ -63,7 +64,7 @@ def _out(text: str) -> None:
 
 
 def _fail(e: SweepError) -> typer.Exit:
-    _say(f"error: {e}")
+    _say(f"error: {redact_url(str(e))}")
     return typer.Exit(e.exit_code)
 
 

@@ -29,6 +29,7 @@ import yaml
 
 from .. import __version__
 from ..exceptions import SpecError
+from ..secrets import literal_secrets
 from ..spec import SweepSpec
 from . import cluster_spec as cs
 
@@ -141,7 +142,7 @@ def check_no_literal_secrets(spec_data: Mapping[str, Any], templates: Sequence[A
     """Refuse literal credentials in ``storage_options`` or in a template's env."""
     bad = [
         f"spec {p}"
-        for p in cs.literal_secrets(spec_data.get("storage_options") or {}, "storage_options")
+        for p in literal_secrets(spec_data.get("storage_options") or {}, "storage_options")
     ]
     for name, template in templates:
         bad += cs.template_literal_secrets(template, name)

@@ -54,30 +54,46 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
-Does a key name hold a credential? (the rule of runner.kube.cluster_spec.is_secret_name:
-a word key/secret/token/password/credential/session, not a reference like *_name, *_arn).
+Does a key name hold a credential? "true" if so, "" if not. A copy of the one rule,
+runner.secrets.is_secret_name, held to it by tests/test_secrets.py: split camelCase,
+lowercase, take the [a-z0-9] words; a word key/secret/token/password/credential/session
+makes a secret unless the last word makes a reference (*_name, *_arn, *_id) or a word
+is "from". ("İ" lowercases to "i" plus a combining dot in Python, "i" in Go: spelled out.)
 */}}
 {{- define "sweep.isSecretName" -}}
-{{- $k := regexReplaceAll "([a-z0-9])([A-Z])" (toString .) "${1}_${2}" | lower }}
-{{- $parts := regexSplit "[^a-z0-9]+" $k -1 }}
+{{- $k := regexReplaceAll "([a-z0-9])([A-Z])" (toString .) "${1}_${2}" | replace "\u0130" "i_" | lower }}
+{{- $parts := regexFindAll "[a-z0-9]+" $k -1 }}
+{{- if $parts }}
 {{- $last := last $parts }}
 {{- if and (not (has $last (list "name" "names" "ref" "from" "file" "path" "arn" "id"))) (not (has "from" $parts)) }}
+{{- $found := false }}
 {{- range $parts }}
-{{- if has . (list "secret" "key" "token" "password" "passwd" "credential" "credentials" "session") }}true{{ end }}
+{{- if has . (list "secret" "key" "token" "password" "passwd" "credential" "credentials" "session") }}{{ $found = true }}{{ end }}
+{{- end }}
+{{- if $found }}true{{ end }}
 {{- end }}
 {{- end }}
 {{- end }}
 
-{{/* Fail on literal credentials anywhere under a map (storage_options). Arg: dict "path" "obj". */}}
+{{/*
+Fail on literal credentials anywhere under a map or list (storage_options), as
+runner.secrets.literal_secrets finds them. Arg: dict "path" "obj".
+*/}}
 {{- define "sweep.noLiteralSecrets" -}}
 {{- $path := .path }}
+{{- if kindIs "map" .obj }}
 {{- range $k, $v := .obj }}
 {{- if kindIs "string" $v }}
 {{- if and $v (include "sweep.isSecretName" $k) }}
 {{- fail (printf "%s.%s holds a literal credential: put it in a Secret and set s3Secret to its name" $path $k) }}
 {{- end }}
-{{- else if kindIs "map" $v }}
+{{- else }}
 {{- include "sweep.noLiteralSecrets" (dict "path" (printf "%s.%s" $path $k) "obj" $v) }}
+{{- end }}
+{{- end }}
+{{- else if kindIs "slice" .obj }}
+{{- range $i, $v := .obj }}
+{{- include "sweep.noLiteralSecrets" (dict "path" (printf "%s[%d]" $path $i) "obj" $v) }}
 {{- end }}
 {{- end }}
 {{- end }}
