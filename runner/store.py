@@ -22,6 +22,7 @@ refusal (missing bucket, permission, credentials) a :class:`StorageError` (exit 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -146,6 +147,32 @@ REFUSED = frozenset(
 )
 
 
+# s3fs turns S3 errors into OSError with these numbers (SlowDown, InternalError, timeouts)
+TRANSIENT_ERRNO = frozenset(
+    {
+        errno.EBUSY,
+        errno.EREMOTEIO,
+        errno.ETIMEDOUT,
+        errno.EAGAIN,
+        errno.ECONNRESET,
+        errno.ECONNREFUSED,
+        errno.ECONNABORTED,
+        errno.EPIPE,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+    }
+)
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    """``e`` and what it was raised from (filesystems wrap the client's errors)."""
+    out: list[BaseException] = []
+    while e is not None and e not in out and len(out) < 6:
+        out.append(e)
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    return out
+
+
 def _http_status(e: BaseException) -> int | None:
     response = getattr(e, "response", None)
     if isinstance(response, dict):
@@ -153,18 +180,30 @@ def _http_status(e: BaseException) -> int | None:
     return None
 
 
+def _names(e: BaseException) -> set[str]:
+    return {c.__name__ for c in type(e).__mro__}
+
+
 def is_unreachable(e: BaseException) -> bool:
-    """Is this a failure to reach storage (network, timeouts, 5xx), worth retrying?"""
-    names = {c.__name__ for c in type(e).__mro__}
-    status = _http_status(e)
-    return bool(names & UNREACHABLE) or (status is not None and (status >= 500 or status == 429))
+    """Is this a failure to reach storage (network, timeouts, 5xx, throttling), worth retrying?"""
+    for x in _chain(e):
+        status = _http_status(x)
+        if _names(x) & UNREACHABLE or (status is not None and (status >= 500 or status == 429)):
+            return True
+        if type(x) is OSError and x.errno in TRANSIENT_ERRNO:
+            return True
+    return False
 
 
 def is_refused(e: BaseException) -> bool:
     """Did storage refuse the request (missing bucket or path, permission, credentials)?"""
-    names = {c.__name__ for c in type(e).__mro__}
-    status = _http_status(e)
-    return bool(names & REFUSED) or (status is not None and 400 <= status < 500 and status != 429)
+    if is_unreachable(e):
+        return False
+    for x in _chain(e):
+        status = _http_status(x)
+        if _names(x) & REFUSED or (status is not None and 400 <= status < 500):
+            return True
+    return False
 
 
 def storage_error(url: str, doing: str, e: BaseException) -> SweepError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -50,6 +51,35 @@ def s3_server() -> Iterator[str]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def s3_auth_server() -> Iterator[str]:
+    """A second moto S3 server that checks credentials (it knows none: every key is refused)."""
+    import requests
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert server.poll() is None, f"moto server exited with {server.returncode}"
+            try:
+                requests.get(f"{endpoint}/moto-api/", timeout=1)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, f"moto at {endpoint} did not answer in 30 s"
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 @pytest.fixture
@@ -112,3 +142,13 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):  # t
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def fault_proxy(s3_server: str) -> Iterator[object]:
+    """A started ``FaultProxy`` (tests/faultproxy.py) in front of ``s3_server``, injecting no
+    faults until told to (``fault_proxy.configure(fraction=..., kinds=...)``); stopped after."""
+    from faultproxy import FaultProxy
+
+    with FaultProxy(s3_server, fraction=0.0) as proxy:
+        yield proxy

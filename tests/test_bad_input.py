@@ -258,3 +258,19 @@ def _listing(path: Path) -> dict[str, bytes] | None:
         for p in sorted(path.rglob("*"))
     }
 
+
+
+def test_invalid_credentials(tmp_path, cli_env, s3_auth_server, dask_cluster):
+    """A server that knows no key refuses them: exit 2, the output URL named, nothing left."""
+    spec = {
+        **base_spec(tmp_path),
+        "output": "s3://private/out",
+        "storage_options": {"client_kwargs": {"endpoint_url": s3_auth_server}},
+    }
+    path = write(tmp_path, spec)
+    env = dict(cli_env, AWS_ENDPOINT_URL=s3_auth_server)
+    r = sweep("run", path, "-q", "--scheduler", dask_cluster.scheduler_address, env=env)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: output s3://private/out"), r.stderr
+    assert "storage refused" in lines[0] and "credentials" in lines[0]

@@ -13,12 +13,9 @@ import base64
 import copy
 import http.server
 import json
-import os
 import shutil
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -325,7 +322,12 @@ def _check(where: str, r: subprocess.CompletedProcess, code: int | None = 0) -> 
 
 @pytest.mark.timeout(180)
 def test_no_credential_leaks_through_the_cli(
-    tmp_path: Path, cli_env: dict[str, str], s3: str, s3_server: str, dask_cluster: Any
+    tmp_path: Path,
+    cli_env: dict[str, str],
+    s3: str,
+    s3_server: str,
+    s3_auth_server: str,
+    dask_cluster: Any,
 ) -> None:
     import boto3
 
@@ -396,65 +398,38 @@ def test_no_credential_leaks_through_the_cli(
     assert f"name: {SECRET_NAME}" in r.stdout and "kind: Secret\n" not in r.stdout
 
     # storage that refuses the credentials: the run fails, the messages show none of them
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    endpoint = s3_auth_server
+    denied = write_leak_spec(
+        tmp_path / "denied.yaml",
+        "s3://denied-bucket/leak",
+        {
+            "key": SENTINEL_ID,
+            "secret": SENTINEL_SECRET,
+            "client_kwargs": {"endpoint_url": endpoint},
+        },
     )
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        _wait_until_answers(endpoint, server, timeout=30)
-        denied = write_leak_spec(
-            tmp_path / "denied.yaml",
+    denied_env = {**env, "AWS_ENDPOINT_URL": endpoint}
+    for args in (
+        ("run", denied, "--scheduler", dask_cluster.scheduler_address, "--json"),
+        ("plan", denied, "--json"),
+        (
+            "results",
             "s3://denied-bucket/leak",
-            {
-                "key": SENTINEL_ID,
-                "secret": SENTINEL_SECRET,
-                "client_kwargs": {"endpoint_url": endpoint},
-            },
-        )
-        denied_env = {**env, "AWS_ENDPOINT_URL": endpoint}
-        for args in (
-            ("run", denied, "--scheduler", dask_cluster.scheduler_address, "--json"),
-            ("plan", denied, "--json"),
-            (
-                "results",
-                "s3://denied-bucket/leak",
-                "--json",
-                "-s",
-                f"key={SENTINEL_ID}",
-                "-s",
-                f"secret={SENTINEL_SECRET}",
-                "-s",
-                f"endpoint_url={endpoint}",
-            ),
-        ):
-            r = sweep(*args, env=denied_env)
-            _check(f"{args[0]} (access denied)", r, code=None)
-            assert r.returncode != 0, (args[0], r.stdout, r.stderr)
-            # it failed for the credentials (the bucket does not exist either: moto says
-            # Forbidden before looking)
-            assert "Forbidden" in r.stderr, (args[0], r.stderr)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
-def _wait_until_answers(endpoint: str, server: subprocess.Popen, timeout: float) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"moto server exited with {server.returncode}")
-        try:
-            requests.get(f"{endpoint}/moto-api/", timeout=1)
-            return
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    raise AssertionError(f"moto server at {endpoint} did not answer within {timeout}s")
+            "--json",
+            "-s",
+            f"key={SENTINEL_ID}",
+            "-s",
+            f"secret={SENTINEL_SECRET}",
+            "-s",
+            f"endpoint_url={endpoint}",
+        ),
+    ):
+        r = sweep(*args, env=denied_env)
+        _check(f"{args[0]} (access denied)", r, code=None)
+        assert r.returncode != 0, (args[0], r.stdout, r.stderr)
+        # it failed for the credentials (the bucket does not exist either: moto says
+        # Forbidden before looking)
+        assert "Forbidden" in r.stderr, (args[0], r.stderr)
 
 
 # --------------------------------------------------------------------------- URL credentials
