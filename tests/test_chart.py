@@ -404,3 +404,23 @@ def test_values_yaml_schema_and_params_are_in_step() -> None:
     params = {line.split()[2] for line in text.splitlines() if line.startswith("## @param ")}
     assert params == leaves, "every value needs one `## @param` line"
     assert schema.get("additionalProperties") is False
+
+
+def test_runner_pod_leaves_room_for_the_drain(chart: Any) -> None:
+    """SIGTERM drains for job.graceSeconds; the pod is killed only after that plus shutdown time."""
+    objs, _, _ = render(chart, {**VALUE_SETS["spec-yaml"], "job": {"graceSeconds": 45}})
+    pod = {o["kind"]: o for o in objs}["Job"]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["DASK_SWEEP__GRACE_SECONDS"] == "45"
+    assert pod["terminationGracePeriodSeconds"] == mf.termination_grace_period(45) == 105
+    job = mf.build_job(
+        name="pi",
+        instance="pi",
+        namespace=None,
+        image="img",
+        secret=None,
+        opts=mf.ManifestOptions(grace_seconds=45),
+    )
+    ours = job["spec"]["template"]["spec"]
+    assert ours["terminationGracePeriodSeconds"] == 105
+    assert {"name": "DASK_SWEEP__GRACE_SECONDS", "value": "45"} in ours["containers"][0]["env"]

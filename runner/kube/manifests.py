@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from .. import __version__
+from .. import __version__, config
 from ..exceptions import SpecError
 from ..secrets import literal_secrets
 from ..spec import SweepSpec
@@ -38,6 +38,14 @@ SPEC_KEY = "spec.yaml"
 WORKER_KEY = "worker-template.yaml"
 SCHEDULER_KEY = "scheduler-template.yaml"
 RUNNER_CONTAINER = "runner"
+# After SIGTERM the runner drains for grace-seconds, then writes the manifest and deletes
+# its Dask cluster: Kubernetes waits this much longer before it kills the pod.
+SHUTDOWN_SECONDS = 60
+
+
+def termination_grace_period(grace_seconds: float) -> int:
+    """``terminationGracePeriodSeconds`` of the runner pod for a drain of ``grace_seconds``."""
+    return int(-(-grace_seconds // 1)) + SHUTDOWN_SECONDS
 RUNNER_UID = 10001
 LOCAL_PROTOCOLS = ("file", "local", "memory")
 
@@ -105,6 +113,7 @@ class ManifestOptions:
     active_deadline_seconds: int | None = 86400
     ttl_seconds_after_finished: int | None = 86400
     image_pull_policy: str = "IfNotPresent"
+    grace_seconds: float = field(default_factory=lambda: float(config.get("grace-seconds")))
     image_pull_secrets: tuple[str, ...] = ()
     runner_resources: Mapping[str, Any] = field(
         default_factory=lambda: copy.deepcopy(DEFAULT_RUNNER_RESOURCES)
@@ -298,6 +307,7 @@ def build_job(
         {"name": "SWEEP_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "SWEEP_POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
         {"name": "SWEEP_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "DASK_SWEEP__GRACE_SECONDS", "value": f"{opts.grace_seconds:g}"},
         {"name": "HOME", "value": "/tmp"},
     ]
     container: dict[str, Any] = {
@@ -319,7 +329,7 @@ def build_job(
     pod_spec: dict[str, Any] = {
         "serviceAccountName": name,
         "restartPolicy": "Never",
-        "terminationGracePeriodSeconds": 90,
+        "terminationGracePeriodSeconds": termination_grace_period(opts.grace_seconds),
         "enableServiceLinks": False,
         "securityContext": pod_security_context(),
         "containers": [container],
