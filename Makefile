@@ -35,19 +35,19 @@ demo: $(STAMP)
 	$(BIN)/sweep results demo-output/montecarlo --plot demo-output/montecarlo.png
 
 test: $(TESTSTAMP)
-	$(BIN)/ruff check runner tests examples
+	$(BIN)/ruff check runner tests examples bench
 	$(BIN)/python -m pytest -q
 
 test-fast: $(TESTSTAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not kube"
 
 lint: $(TESTSTAMP)
-	$(BIN)/ruff check runner tests examples
-	$(BIN)/ruff format --check runner tests examples
+	$(BIN)/ruff check runner tests examples bench
+	$(BIN)/ruff format --check runner tests examples bench
 
 format: $(TESTSTAMP)
-	$(BIN)/ruff format runner tests examples
-	$(BIN)/ruff check --fix runner tests examples
+	$(BIN)/ruff format runner tests examples bench
+	$(BIN)/ruff check --fix runner tests examples bench
 
 bench: $(TESTSTAMP)
 	$(BIN)/python -m bench

@@ -67,7 +67,9 @@ def test_items_that_kill_their_worker_are_isolated_not_fatal(tmp_path, cli_env):
     assert run_record["worker_losses"] <= 4 and run_record["item_process_deaths"] == 2
     # the rerun has nothing left to do
     again = sweep("run", spec, "--workers", "2", "--json", env=cli_env, timeout=120)
-    assert again.returncode == 0 and json.loads(again.stdout.splitlines()[-1])["partitions_run"] == 0
+    assert (
+        again.returncode == 0 and json.loads(again.stdout.splitlines()[-1])["partitions_run"] == 0
+    )
 
 
 def test_poison_items_past_the_budget_still_finish_the_sweep(tmp_path, cli_env):
@@ -162,6 +164,37 @@ def test_item_over_the_memory_limit_is_killed(tmp_path):
     assert report.errors == 1
     (error,) = errors_by_item(tmp_path / "out").values()
     assert error.startswith("worker process died (killed: over the memory limit of 570 MiB)")
+
+
+def test_a_worker_killed_from_outside_costs_no_item(tmp_path, cli_env):
+    """SIGKILL a busy worker process (OOM killer, node loss): its partition runs again,
+    isolated; no item is blamed, every item is there once."""
+    import psutil
+
+    spec = _slow_spec(tmp_path, n_a=20)
+    out = tmp_path / "out"
+    run = Running(
+        "run", spec, "--workers", "2", "--json", env=dict(cli_env, SWEEP_TEST_SLEEP="0.05")
+    )
+    try:
+        run.wait_line(r"200 items in 21 partitions", 90)
+        wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 3, 60, "3 partitions")
+        workers = [
+            p
+            for p in psutil.Process(run.proc.pid).children()
+            if "spawn_main" in " ".join(p.cmdline())  # not the resource tracker
+        ]
+        assert len(workers) == 2, workers
+        workers[0].kill()
+        assert run.wait(120) == 0, run.stderr
+    finally:
+        run.kill_group()
+    assert "its worker died while running it" in run.stderr
+    report = json.loads(run.out[-1])
+    assert report["ok"] == 200 and report["errors"] == 0 and report["isolated_partitions"] >= 1
+    df = runner.load_results(str(out))
+    assert df["item"].tolist() == list(range(200)) and (df["attempts"] == 1).all()
+    np.testing.assert_allclose(df["result"], _reference(20))
 
 
 def test_a_gracefully_retired_worker_is_not_evidence(tmp_path):

@@ -1,0 +1,1 @@
+"""Benchmarks: contenders run side by side in one run, reported as ratios (see each module)."""
