@@ -351,7 +351,9 @@ def _check_url_text(v: str) -> str:
 
 
 # pydantic names the member of a union an error belongs to inside its location
-_UNION_TAG = re.compile(r"^(function-|constrained-|tuple\[|list\[|dict\[|literal\[)|^(Linspace|int|float|str|bool)$")
+_UNION_TAG = re.compile(
+    r"^(function-|constrained-|tuple\[|list\[|dict\[|literal\[)|^(Linspace|int|float|str|bool)$"
+)
 # errors that only say "not this member of the union" when another member says more
 _WRONG_MEMBER = frozenset(
     {"model_type", "model_attributes_type", "dict_type", "list_type", "is_instance_of"}

@@ -259,7 +259,6 @@ def _listing(path: Path) -> dict[str, bytes] | None:
     }
 
 
-
 def test_invalid_credentials(tmp_path, cli_env, s3_auth_server, dask_cluster):
     """A server that knows no key refuses them: exit 2, the output URL named, nothing left."""
     spec = {

@@ -46,6 +46,8 @@ SHUTDOWN_SECONDS = 60
 def termination_grace_period(grace_seconds: float) -> int:
     """``terminationGracePeriodSeconds`` of the runner pod for a drain of ``grace_seconds``."""
     return int(-(-grace_seconds // 1)) + SHUTDOWN_SECONDS
+
+
 RUNNER_UID = 10001
 LOCAL_PROTOCOLS = ("file", "local", "memory")
 
