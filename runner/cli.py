@@ -281,10 +281,7 @@ def run(
     except KeyboardInterrupt:
         progress.close()
         code = 128 + (received[0] if received else signal.SIGINT)
-        print(
-            "interrupted: finished partitions are kept; run the same command to resume",
-            file=sys.stderr,
-        )
+        print(Interrupted(), file=sys.stderr)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -61,6 +61,12 @@ class Interrupted(SweepError):
 
     exit_code = 130
 
+    def __init__(
+        self,
+        message: str = "interrupted: finished partitions are kept; run the same command to resume",
+    ) -> None:
+        super().__init__(message)
+
 
 class Status(StrEnum):
     """The state of a sweep's run, as written to ``_manifest.json`` and ``--json``."""

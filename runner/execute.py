@@ -392,9 +392,7 @@ class SweepRun:
             except (KeyboardInterrupt, Interrupted) as e:
                 self.status = Status.INTERRUPTED
                 if isinstance(e, KeyboardInterrupt):
-                    error = Interrupted(
-                        "interrupted: finished partitions are kept; run the same command to resume"
-                    )
+                    error = Interrupted()
                     raise error from e
                 error = e
                 raise
@@ -545,9 +543,7 @@ class SweepRun:
 
         self.phase = "probe" if probe_seconds is not None else "run"
         if self._stop.is_set():
-            raise Interrupted(
-                "interrupted: finished partitions are kept; run the same command to resume"
-            )
+            raise Interrupted()
         ac = as_completed(self._submit(descs, probe_seconds, isolated=False))
         remaining = len(descs)
         out: list[PartitionReport] = []
@@ -774,9 +770,7 @@ class SweepRun:
                 },
             )
         if not self.pending or time.monotonic() >= self.stop_at:
-            raise Interrupted(
-                "interrupted: finished partitions are kept; run the same command to resume"
-            )
+            raise Interrupted()
 
     def _running_keys(self) -> set[str]:
         """Keys of this run's tasks that workers are executing now."""

@@ -148,7 +148,7 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):  # t
 def fault_proxy(s3_server: str) -> Iterator[object]:
     """A started ``FaultProxy`` (tests/faultproxy.py) in front of ``s3_server``, injecting no
     faults until told to (``fault_proxy.configure(fraction=..., kinds=...)``); stopped after."""
-    from faultproxy import FaultProxy
+    from tests.faultproxy import FaultProxy
 
     with FaultProxy(s3_server, fraction=0.0) as proxy:
         yield proxy

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import runner
-from tests.clitools import SWEEP, sweep, write_spec
-from tests.conftest import ROOT, wait_for
+from tests.clitools import sweep, write_spec
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -133,64 +129,6 @@ def test_unreachable_scheduler_is_infrastructure_error(tmp_path, cli_env):
     env = dict(cli_env, DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="2s")
     r = sweep("run", spec, "--scheduler", "tcp://127.0.0.1:9", env=env)
     assert r.returncode == 3 and "cannot reach the Dask scheduler" in r.stderr
-
-
-def _slow_spec(tmp_path: Path) -> Path:
-    return write_spec(
-        tmp_path / "slow.yaml",
-        function="tests.funcs:slow",
-        params={"grid": {"a": list(range(40)), "b": list(range(10))}},
-        partition_size=10,
-    )
-
-
-def _reference(tmp_path: Path) -> pd.DataFrame:
-    a, b = np.meshgrid(np.arange(40), np.arange(10), indexing="ij")
-    return pd.DataFrame({"item": np.arange(400), "result": np.sqrt(a * a + b * b).ravel()})
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_kill_mid_run_then_resume_gives_identical_results(tmp_path, cli_env, sig):
-    spec = _slow_spec(tmp_path)
-    out = tmp_path / "out"
-    env = dict(cli_env, SWEEP_TEST_SLEEP="0.02")
-    proc = subprocess.Popen(
-        [SWEEP, "run", str(spec), "--workers", "2"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 4, 90, "some partitions")
-        if sig == signal.SIGKILL:
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    done_before = len(list(out.glob("part-*.parquet")))
-    if sig == signal.SIGTERM:
-        assert proc.returncode == 143, stderr
-        assert "finished partitions are kept" in stderr
-        assert json.loads((out / "_manifest.json").read_text())["status"] == "interrupted"
-    assert done_before < 41 and not (out / "_SUCCESS").exists()
-    # `sweep results` reads an interrupted sweep and says how complete it is
-    partial = json.loads(sweep("results", out, "--json", env=env).stdout)
-    assert not partial["complete"] and partial["partitions_done"] == done_before
-    assert 0 < partial["percent_done"] < 100 and partial["items"] == 400
-    r = sweep("run", spec, "--workers", "2", "--json", env=env)
-    assert r.returncode == 0, r.stderr
-    summary = json.loads(r.stdout.strip().splitlines()[-1])
-    assert summary["partitions_run"] <= summary["partitions"] - done_before + 1
-    df = runner.load_results(str(out))
-    assert df["item"].is_unique and len(df) == 400
-    np.testing.assert_allclose(df["result"], _reference(tmp_path)["result"])
 
 
 @pytest.mark.slow

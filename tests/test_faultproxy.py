@@ -16,8 +16,9 @@ import pytest
 import requests
 import s3fs
 from botocore.exceptions import ClientError
-from conftest import BUCKET, free_port
-from faultproxy import KINDS, FaultProxy
+
+from tests.conftest import BUCKET, free_port
+from tests.faultproxy import KINDS, FaultProxy
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -270,6 +270,10 @@ def test_signal_drains_running_partitions_then_resume(tmp_path, cli_env, sig, co
     assert "finished partitions are kept" in run.stderr
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["status"] == "interrupted" and manifest["runs"][-1]["status"] == "interrupted"
+    # `sweep results` reads an interrupted sweep and says how complete it is
+    partial = json.loads(sweep("results", out, "--json", env=cli_env).stdout)
+    assert not partial["complete"] and partial["partitions_done"] == len(done)
+    assert 0 < partial["percent_done"] < 100 and partial["items"] == 400
     r = sweep("run", spec, "--workers", "2", "--json", env=dict(cli_env), timeout=180)
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
