@@ -77,7 +77,15 @@ class FailureBudget:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Extra attempts per failing item (item errors), and per partition task (infrastructure)."""
+    """Retries of a storage call that could not reach storage: how many, and the waits.
 
-    item_retries: int = 0
-    task_retries: int = 2
+    Item errors have ``retries`` in the spec; a partition task that raised has
+    ``sweep.task-retries``; this one covers storage the runner could not reach.
+    """
+
+    retries: int = 2
+    wait: float = 1.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (0-based): doubling from ``wait``."""
+        return self.wait * 2**attempt

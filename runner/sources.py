@@ -19,9 +19,10 @@ import numpy as np
 import pyarrow as pa
 
 from .exceptions import SourceError, SweepError
+from .policy import RetryPolicy
 from .secrets import redact_url
 from .spec import DatasetSource, Linspace, ParamsSpec, QMCSource, RandomSource
-from .store import RESERVED_NAMES, RetryPolicy, reserved_clash, retrying
+from .store import RESERVED_NAMES, reserved_clash, retrying, storage_retry
 
 # Random values are generated in fixed blocks of items so that item i's value does
 # not depend on the partition that asks for it.
@@ -228,7 +229,7 @@ class DatasetSourceImpl(Source):
     files: tuple[FilePiece, ...]
     schema: pa.Schema
     storage_options: dict[str, Any] = field(default_factory=dict)
-    retry: RetryPolicy = field(default_factory=RetryPolicy.from_config)
+    retry: RetryPolicy = field(default_factory=storage_retry)
     kind: str = "dataset"
 
     @property

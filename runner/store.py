@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 
 from . import config
 from .exceptions import InfrastructureError, StorageError, StorageUnreachable, SweepError
+from .policy import RetryPolicy
 
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
@@ -231,20 +232,13 @@ def storage_error(url: str, doing: str, e: BaseException) -> SweepError:
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often to retry unreachable storage: read from ``sweep.storage`` where the sweep starts.
+def storage_retry() -> RetryPolicy:
+    """The retry policy of ``sweep.storage``, read where the sweep starts.
 
     It travels with the objects that use it (the store, a dataset source), so workers
     follow the runner's settings, not their own.
     """
-
-    retries: int
-    wait: float
-
-    @classmethod
-    def from_config(cls) -> RetryPolicy:
-        return cls(int(config.get("storage.retries")), float(config.get("storage.retry-wait")))
+    return RetryPolicy(int(config.get("storage.retries")), float(config.get("storage.retry-wait")))
 
 
 def retrying(fn: Callable[[], T], url: str, doing: str, policy: RetryPolicy | None = None) -> T:
@@ -255,7 +249,7 @@ def retrying(fn: Callable[[], T], url: str, doing: str, policy: RetryPolicy | No
     is raised at once as :func:`storage_error`; any other exception (a corrupt file,
     say) is the caller's to explain.
     """
-    policy = policy or RetryPolicy.from_config()
+    policy = policy or storage_retry()
     for attempt in range(policy.retries + 1):
         try:
             return fn()
@@ -266,7 +260,7 @@ def retrying(fn: Callable[[], T], url: str, doing: str, policy: RetryPolicy | No
                 raise storage_error(url, doing, e) from e
             if not is_unreachable(e):
                 raise
-        time.sleep(policy.wait * 2**attempt)
+        time.sleep(policy.delay(attempt))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -300,7 +294,7 @@ class Store:
     ) -> None:
         self.url = url.rstrip("/") or "/"
         self.storage_options = dict(storage_options or {})
-        self.retry = retry or RetryPolicy.from_config()
+        self.retry = retry or storage_retry()
         self._fs: Any = None
         self._root: str | None = None
 

@@ -259,3 +259,50 @@ def test_load_results_unifies_partitions_whose_result_types_differ(tmp_path):
     assert df["item"].tolist() == [0, 1, 2, 3]
     assert df["result"].isna().tolist() == [True, True, False, False]
     assert df["result"].iloc[2:].tolist() == [1.5, 2.5]
+
+
+# ------------------------------------------------------------------ storage failures
+
+
+def test_storage_failures_are_classified_and_named():
+    import errno
+
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    from runner.exceptions import InfrastructureError, StorageError, StorageUnreachable
+    from runner.policy import RetryPolicy
+    from runner.store import is_refused, is_unreachable, storage_error
+
+    slow_down = ClientError(
+        {"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "PutObject"
+    )
+    wrapped = OSError(errno.EBUSY, "Please reduce your request rate.")  # as s3fs raises it
+    wrapped.__cause__ = slow_down
+    unreachable = [
+        EndpointConnectionError(endpoint_url="http://x"),
+        ConnectionResetError(),
+        slow_down,
+        wrapped,
+        OSError(errno.EREMOTEIO, "We encountered an internal error"),
+    ]
+    refused = [
+        FileNotFoundError("The specified bucket does not exist"),
+        PermissionError("Access Denied"),
+        NoCredentialsError(),
+        ClientError(
+            {"Error": {"Code": "InvalidAccessKeyId"}, "ResponseMetadata": {"HTTPStatusCode": 403}},
+            "GetObject",
+        ),
+    ]
+    for e in unreachable:
+        assert is_unreachable(e) and not is_refused(e), e
+        err = storage_error("output s3://b/x", "writing it", e)
+        assert type(err) is StorageUnreachable and err.exit_code == 3
+        assert str(err).startswith("output s3://b/x: storage unreachable while writing it")
+    for e in refused:
+        assert is_refused(e) and not is_unreachable(e), e
+        err = storage_error("output s3://b/x", "writing it", e)
+        assert type(err) is StorageError and err.exit_code == 2 and "credentials" in str(err)
+    other = storage_error("output s3://b/x", "reading it", KeyError("x"))
+    assert type(other) is InfrastructureError and "\n" not in str(other)
+    assert [RetryPolicy(3, 0.5).delay(a) for a in range(3)] == [0.5, 1.0, 2.0]
