@@ -198,13 +198,18 @@ def test_a_worker_killed_from_outside_costs_no_item(tmp_path, cli_env):
 
 
 def test_a_gracefully_retired_worker_is_not_evidence(tmp_path):
-    """Scale-down (retire_workers) mid-sweep: no isolation, no extra attempts, every item once."""
+    """Scale-down (retire_workers) mid-sweep: no isolation, no extra attempts, every item once.
+
+    The cluster gives up on a task after one *unexpected* worker loss, as the runner's own
+    clusters do; a retired worker is an expected one."""
+    import dask
     from distributed import Client, LocalCluster
 
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
-        Client(cluster) as c,
-    ):
+    from runner.clusters.base import SCHEDULER_CONFIG
+
+    with dask.config.set(SCHEDULER_CONFIG):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0")
+    with cluster, Client(cluster) as c:
         c.run(sys.path.insert, 0, str(ROOT))
         spec = build_spec(
             {

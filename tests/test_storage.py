@@ -61,16 +61,17 @@ def test_transient_faults_lose_and_duplicate_nothing(
 ):
     """Params and output on S3, a fraction of all requests faulted: every item exactly once."""
     params = upload_params(moto_fs(s3_server), 2000)
-    spec = write_spec(tmp_path, params={"dataset": params})
+    spec = write_spec(tmp_path, params={"dataset": params}, partition_size=50)
     fault_proxy.configure(fraction=fraction)
     env = dict(cli_env, AWS_ENDPOINT_URL=fault_proxy.endpoint)
     r = sweep("run", spec, "--workers", "2", "--json", env=env, timeout=280)
     stats = fault_proxy.stats()
+    print(f"{fraction:.0%} faulty: {stats}")  # shown with pytest -s
     assert r.returncode == 0, (stats, r.stderr)
     faults = sum(stats[k] for k in ("slowdown", "internal", "drop", "reset"))
-    assert faults >= fraction * stats["requests"] * 0.5 and all(
-        stats[k] for k in ("slowdown", "internal", "drop", "reset")
-    ), stats
+    assert faults >= fraction * stats["requests"] * 0.5, stats
+    if fraction >= 0.3:  # enough faults that every kind shows up
+        assert all(stats[k] for k in ("slowdown", "internal", "drop", "reset")), stats
     report = json.loads(r.stdout.strip().splitlines()[-1])
     assert report["ok"] == 2000 and report["errors"] == 0
     df = results(s3_server)
