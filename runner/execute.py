@@ -120,6 +120,7 @@ class PartitionReport:
     write_s: float
     bytes: int
     result_schema: bytes | None = None
+    loop_s: float = 0.0  # the items alone (no start-up, no table): what sizes partitions
     isolated: bool = False
     deaths: int = 0  # child processes that died running its items
 
@@ -140,7 +141,7 @@ def run_partition(
 ) -> PartitionReport:
     """Compute and write one partition (idempotent: same input, same file).
 
-    With ``probe_seconds`` the partition stops early once that much time has passed
+    With ``probe_seconds`` the partition stops early once its items have run that long
     (after at least one item): the probe that sizes the sweep and fixes its schema.
     ``isolated`` runs the items in a child process (:mod:`runner.isolate`).
     """
@@ -166,10 +167,13 @@ def run_partition(
             ctx.memory_fraction,
         )
         res = runner.run(params, items, ctx.seed, probe_seconds)
+        loop_s = sum(res.durations)  # the child's start-up is not the function's time
     else:
-        deadline = t0 + probe_seconds if probe_seconds is not None else None
         fn = ctx.load_function()
+        t_loop = time.perf_counter()
+        deadline = t_loop + probe_seconds if probe_seconds is not None else None
         res = run_items(fn, ctx.call, params, items, ctx.seed, ctx.retries, deadline)
+        loop_s = time.perf_counter() - t_loop
     n = res.n
     if n < params.num_rows:
         params, items = params.slice(0, n), items[:n]
@@ -196,7 +200,7 @@ def run_partition(
         schema = schema_to_bytes(result_schema(table, params.column_names))
     return PartitionReport(
         desc.index, desc.start, stop, n - errors, errors, t1 - t0, t2 - t1, nbytes, schema,
-        isolated, res.deaths,
+        loop_s, isolated, res.deaths,
     )  # fmt: skip
 
 
@@ -487,7 +491,7 @@ class SweepRun:
                 [Descriptor(0, 0, cap)], probe_seconds=config.get("probe.seconds")
             )
             head = probe.items
-            per_item = probe.compute_s / max(1, probe.items)
+            per_item = probe.loop_s / max(1, probe.items)
             if probe.result_schema is not None:
                 self.ctx.result_schema = probe.result_schema
         if explicit:
