@@ -726,8 +726,13 @@ class SweepRun:
             with ac.thread_condition:
                 ac.thread_condition.wait(timeout=0.2)
         batch = ac.next_batch(block=False)
-        isolated = {key for key, (_, d) in self.pending.items() if d.index in self.isolated}
-        return sorted(batch, key=lambda f: f.key in isolated)
+        if len(batch) > 1:
+            batch.sort(
+                key=lambda f: (
+                    f.key in self.pending and self.pending[f.key][1].index in self.isolated
+                )
+            )
+        return batch
 
     def _record(self, r: PartitionReport, announce: bool) -> None:
         self.reports[r.index] = r
