@@ -112,21 +112,22 @@ def check_call(fn: Any, call: str, param_names: Sequence[str], ref: str) -> None
     takes_any = any(a.kind is a.VAR_KEYWORD for a in args)
     by_name = {a.name for a in args if a.kind in (a.POSITIONAL_OR_KEYWORD, a.KEYWORD_ONLY)}
     unexpected = [] if takes_any else [n for n in param_names if n not in by_name]
-    required = [
-        a.name
+    # a positional-only argument can never get a parameter by name
+    missing = [
+        a.name + (" (positional-only)" if a.kind is a.POSITIONAL_ONLY else "")
         for a in args
         if a.default is a.empty
         and a.kind in (a.POSITIONAL_OR_KEYWORD, a.KEYWORD_ONLY, a.POSITIONAL_ONLY)
+        and (
+            a.kind is a.POSITIONAL_ONLY or (a.name not in param_names and a.name not in SEED_NAMES)
+        )
     ]
-    missing = [n for n in required if n not in param_names and n not in SEED_NAMES]
-    positional_only = [a.name for a in args if a.kind is a.POSITIONAL_ONLY and a.name in required]
     if unexpected or missing:
         parts = []
         if unexpected:
             parts.append(f"parameter(s) {', '.join(unexpected)} match no argument")
         if missing:
-            extra = " (positional-only)" if positional_only else ""
-            parts.append(f"argument(s) {', '.join(missing)}{extra} get no parameter")
+            parts.append(f"argument(s) {', '.join(missing)} get no parameter")
         raise SpecError(
             f"function: {ref}{sig} does not take the parameters {', '.join(param_names)} by name"
             f" (call: kwargs): {'; '.join(parts)}; rename the parameters or the arguments, or give"

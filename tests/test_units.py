@@ -306,3 +306,21 @@ def test_storage_failures_are_classified_and_named():
     other = storage_error("output s3://b/x", "reading it", KeyError("x"))
     assert type(other) is InfrastructureError and "\n" not in str(other)
     assert [RetryPolicy(3, 0.5).delay(a) for a in range(3)] == [0.5, 1.0, 2.0]
+
+
+def test_check_call_names_what_does_not_bind():
+    from runner.calls import check_call
+
+    def f(a, /, b, *, c=1):
+        return a + b + c
+
+    def g(a, b, **kw):
+        return a + b
+
+    with pytest.raises(SpecError, match=r"argument\(s\) a \(positional-only\) get no parameter"):
+        check_call(f, "kwargs", ["a", "b"], "m:f")
+    with pytest.raises(SpecError, match=r"parameter\(s\) x match no argument"):
+        check_call(f, "kwargs", ["b", "x"], "m:f")
+    check_call(g, "kwargs", ["a", "b", "anything"], "m:g")  # **kwargs takes the rest
+    with pytest.raises(SpecError, match=r"argument\(s\) b get no parameter"):
+        check_call(g, "kwargs", ["a"], "m:g")
