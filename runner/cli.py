@@ -200,6 +200,14 @@ def _print_summary(report: dict[str, Any]) -> None:
             f"  isolated   {report['isolated_partitions']:,} partition(s) ran with items in child"
             " processes (a worker died, or isolation/timeout asked for it)"
         )
+    inline = report.get("inline_partitions", 0)
+    if inline:
+        where = (
+            "no cluster was started: the runner ran the items itself"
+            if inline == report["partitions_run"]
+            else f"the runner ran {inline:,} partition(s) itself while the cluster started"
+        )
+        _print(f"  cluster    {where}")
     _print(f"  output     {report['output']}")
     _print(f"  next       sweep results {report['output']}")
 
@@ -367,7 +375,7 @@ def plan(
         _print(f"  not started: {info['note']}")
     else:
         _print(
-            f"  {layout.partitions:,} partitions (first {layout.head:,} items, then {layout.size:,} each);"
+            f"  {layout.partitions:,} partitions ({layout.describe()});"
             f" {info['todo_count']:,} to run"
         )
         for idx, start, stop in info["todo"][:10]:

@@ -12,10 +12,17 @@ import dask.config
 DEFAULTS: dict[str, Any] = {
     "sweep": {
         "partition": {
+            # at most this long and this many items each, while much work is left
             "target-seconds": 10.0,
-            "min-per-worker": 4,
             "max-items": 1_000_000,
+            # then each partition takes 1/(tail-factor x slots) of what is left, down to
+            # min-seconds of work, so every worker thread finishes at about the same time
+            "tail-factor": 2.0,
+            "min-seconds": 0.5,
         },
+        # a sweep estimated at most this many seconds of work runs in the runner's own
+        # child process, without starting a cluster (local and Kubernetes clusters)
+        "inline": {"max-seconds": 3.0},
         "probe": {
             "seconds": 1.0,
             "max-items": 100_000,

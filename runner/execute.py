@@ -22,20 +22,22 @@ import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
+import resource
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import cloudpickle
-import dask
 import numpy as np
 import pyarrow as pa
 
 from . import __version__, config
 from .calls import Command, check_call, result_columns, run_items
+from .clusters.base import ClusterStart
 from .exceptions import (
     FailureBudgetExceeded,
     InfrastructureError,
@@ -46,9 +48,10 @@ from .exceptions import (
     StorageUnreachable,
     SweepError,
 )
+from .inline import InlineSlot
 from .isolate import IsolatedRun
 from .plan import Descriptor, Layout, todo
-from .policy import FailureBudget, PartitionSizing
+from .policy import FailureBudget, InlinePolicy, PartitionSizing
 from .secrets import redact
 from .sources import Source, make_source
 from .spec import SweepSpec, resolve_function
@@ -73,6 +76,7 @@ class TaskContext:
     max_deaths: int = 10  # sweep.isolation.*, read where the sweep starts
     memory_fraction: float = 0.95
     result_schema: bytes | None = None
+    batch_format: str = "numpy"
     _fn: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -84,6 +88,19 @@ class TaskContext:
         """Items run in a child process from the start (asked for, or a Python timeout)."""
         python = self.call != "command"  # a command is its own process with its own timeout
         return python and (self.isolation == "process" or self.timeout is not None)
+
+    def isolated_run(self) -> IsolatedRun:
+        """A runner of this sweep's items in a child process (:mod:`runner.isolate`)."""
+        return IsolatedRun(
+            self.function,
+            self.function_key,
+            self.call,
+            self.retries,
+            self.timeout,
+            self.max_deaths,
+            self.memory_fraction,
+            self.batch_format,
+        )
 
     def load_function(self) -> Any:
         if self._fn is None:
@@ -123,6 +140,7 @@ class PartitionReport:
     loop_s: float = 0.0  # the items alone (no start-up, no table): what sizes partitions
     isolated: bool = False
     deaths: int = 0  # child processes that died running its items
+    inline: bool = False  # run by the runner itself (in its child process), not on the cluster
 
     @property
     def items(self) -> int:
@@ -138,12 +156,15 @@ def run_partition(
     ctx: TaskContext,
     probe_seconds: float | None = None,
     isolated: bool = False,
+    stop: threading.Event | None = None,
+    isolated_run: IsolatedRun | None = None,
 ) -> PartitionReport:
     """Compute and write one partition (idempotent: same input, same file).
 
     With ``probe_seconds`` the partition stops early once its items have run that long
-    (after at least one item): the probe that sizes the sweep and fixes its schema.
-    ``isolated`` runs the items in a child process (:mod:`runner.isolate`).
+    (after at least one item), and with ``stop`` once that is set: the probe that sizes
+    the sweep and fixes its schema. ``isolated`` runs the items in a child process
+    (:mod:`runner.isolate`; ``isolated_run`` is that runner, if the caller made it).
     """
     t0 = time.perf_counter()
     try:
@@ -156,23 +177,17 @@ def run_partition(
         ) from e
     items = np.arange(desc.start, desc.stop, dtype=np.int64)
     isolated = isolated or ctx.always_isolated
-    if isolated:
-        runner = IsolatedRun(
-            ctx.function,
-            ctx.function_key,
-            ctx.call,
-            ctx.retries,
-            ctx.timeout,
-            ctx.max_deaths,
-            ctx.memory_fraction,
-        )
-        res = runner.run(params, items, ctx.seed, probe_seconds)
+    if isolated or isolated_run is not None:
+        runner = isolated_run or ctx.isolated_run()
+        res = runner.run(params, items, ctx.seed, probe_seconds, stop)
         loop_s = sum(res.durations)  # the child's start-up is not the function's time
     else:
         fn = ctx.load_function()
         t_loop = time.perf_counter()
         deadline = t_loop + probe_seconds if probe_seconds is not None else None
-        res = run_items(fn, ctx.call, params, items, ctx.seed, ctx.retries, deadline)
+        res = run_items(
+            fn, ctx.call, params, items, ctx.seed, ctx.retries, deadline, ctx.batch_format
+        )
         loop_s = time.perf_counter() - t_loop
     n = res.n
     if n < params.num_rows:
@@ -196,18 +211,17 @@ def run_partition(
     nbytes = ctx.store.write_partition(desc.index, table, meta)
     t2 = time.perf_counter()
     schema = None
-    if probe_seconds is not None and errors < n:
+    if ctx.result_schema is None and errors < n:  # the probe: it fixes the schema
         schema = schema_to_bytes(result_schema(table, params.column_names))
     return PartitionReport(
         desc.index, desc.start, stop, n - errors, errors, t1 - t0, t2 - t1, nbytes, schema,
-        loop_s, isolated, res.deaths,
+        loop_s, isolated, res.deaths, isolated_run is not None,
     )  # fmt: skip
 
 
-def _run_bag_partition(
-    descs: list[Descriptor], ctx: TaskContext, probe_seconds: float | None, isolated: bool
-) -> list[PartitionReport]:
-    return [run_partition(d, ctx, probe_seconds, isolated) for d in descs]
+def _context(ctx: TaskContext) -> TaskContext:
+    """The task that holds the context on the cluster (a worker loss recomputes it)."""
+    return ctx
 
 
 def _executing_keys(dask_worker: Any) -> list[str]:
@@ -238,6 +252,9 @@ class SweepReport:
     worker_s: float
     items_per_s: float
     isolated_partitions: int = 0
+    inline_partitions: int = 0  # run by the runner itself: no cluster was needed for them
+    peak_rss_mb: float = 0.0  # the runner process's own peak memory
+    tasks: int = 0  # tasks this run submitted to the Dask scheduler
     dashboard: str | None = None
     exit_code: int = 0
 
@@ -361,6 +378,12 @@ class SweepRun:
         self.items_done = 0
         self.stop_at: float | None = None  # drain deadline after SIGTERM/SIGINT
         self._stop = threading.Event()
+        self.client: Any = None
+        self.cluster: ClusterStart | None = None
+        self.inline: InlineSlot | None = None
+        self.tasks = 0  # submitted to the scheduler
+        self.per_item: float | None = None  # seconds per item, measured by this run's probe
+        self._context: tuple[bytes | None, Any] | None = None  # (schema, the context's future)
 
     # ------------------------------------------------------------------ the run
 
@@ -382,12 +405,15 @@ class SweepRun:
         self.begin()
         error: BaseException | None = None
         # the cluster stops last: the output is complete before a slow teardown begins
-        with contextlib.ExitStack() as cluster:
+        with contextlib.ExitStack() as stack:
             try:
-                self.client = cluster.enter_context(self._make_provider())
-                self.dashboard = self.provider.dashboard_link
-                self.emit("cluster", {"dashboard": self.dashboard, "provider": self.provider.name})
-                if self.layout is None:
+                self.cluster = ClusterStart(self._make_provider())
+                stack.callback(self.cluster.close)
+                if self.layout is None and self.provider.starts_cluster:
+                    self.inline = InlineSlot()
+                    stack.callback(self._close_inline)
+                    self.probe_inline()
+                elif self.layout is None:
                     self.probe()
                 self.run_missing()
                 self.status = Status.SUCCEEDED
@@ -462,6 +488,7 @@ class SweepRun:
             max_deaths=int(config.get("isolation.max-deaths")),
             memory_fraction=float(config.get("isolation.memory-fraction")),
             result_schema=_b64decode(self.manifest.get("result_schema")),
+            batch_format=spec.batch_format,
         )
 
     def begin(self) -> None:
@@ -475,39 +502,95 @@ class SweepRun:
         self.done = set(self.store.list_partitions())
 
     def probe(self) -> None:
-        """Run partition 0 alone (or recover it); record the layout and the result schema."""
+        """Run partition 0 alone on the cluster (or recover it); record the layout."""
         self.phase = "probe"
+        if self._recover_probe():
+            return
+        self._connect()
+        cap = self._probe_cap()
+        self.emit("probe", {"items": cap})
+        (probe,) = self.run_partitions(
+            [Descriptor(0, 0, cap)], probe_seconds=config.get("probe.seconds")
+        )
+        self._plan(probe)
+
+    def probe_inline(self) -> None:
+        """Run partition 0 in the runner's child process; start the cluster only if needed.
+
+        The probe runs until the cluster is up (at least ``probe.seconds`` when that
+        is quicker), or to its end when the policy says the sweep is seconds of work.
+        """
+        self.phase = "probe"
+        if self._recover_probe():
+            return
+        assert self.inline is not None
+        cap = self._probe_cap()
+        self.emit("probe", {"items": cap, "inline": True})
+        policy = self._inline_policy()
+        least = float(config.get("probe.seconds"))
+        fut = self.inline.submit(Descriptor(0, 0, cap), self.ctx, elastic=True)
+        while not self._wait_future(fut):
+            done, elapsed = self.inline.progress()
+            if not self.cluster.started and policy.start_cluster(self.n_items, done, elapsed):
+                self.cluster.start()
+            if self._stop.is_set() or (
+                self.cluster.ready() and (elapsed >= least or self.cluster.failed())
+            ):
+                self.inline.stop.set()
+        report = fut.result()
+        self._record(report, announce=False)
+        self._plan(report)
+        if self._stop.is_set():
+            raise Interrupted()
+
+    def _recover_probe(self) -> bool:
+        if 0 not in self.done:
+            return False
+        # a previous run wrote the probe but died before recording the layout
+        (c,) = self.store.partition_counts([0])
+        schema = self.store.read_footer(self.store.list_partitions()[0])
+        self.ctx.result_schema = schema_to_bytes(result_schema(schema, self.source.columns))
+        self._plan(None, head=c.items)
+        return True
+
+    def _probe_cap(self) -> int:
         explicit = self.spec.partition_size if isinstance(self.spec.partition_size, int) else None
-        if 0 in self.done:
-            # a previous run wrote the probe but died before recording the layout
-            (c,) = self.store.partition_counts([0])
-            head, per_item = c.items, None
-            schema = self.store.read_footer(self.store.list_partitions()[0])
-            self.ctx.result_schema = schema_to_bytes(result_schema(schema, self.source.columns))
-        else:
-            cap = min(self.n_items, explicit or config.get("probe.max-items"))
-            self.emit("probe", {"items": cap})
-            (probe,) = self.run_partitions(
-                [Descriptor(0, 0, cap)], probe_seconds=config.get("probe.seconds")
-            )
+        return min(self.n_items, explicit or config.get("probe.max-items"))
+
+    def _inline_policy(self) -> InlinePolicy:
+        return InlinePolicy(max_seconds=float(config.get("inline.max-seconds")))
+
+    def _wait_future(self, fut: Future[Any], seconds: float = 0.05) -> bool:
+        with contextlib.suppress(TimeoutError):
+            fut.exception(timeout=seconds)
+        return fut.done()
+
+    def _plan(self, probe: PartitionReport | None, head: int | None = None) -> None:
+        """Fix the layout from the probe (its items, and the time per item that sizes the rest)."""
+        if probe is not None:
             head = probe.items
-            per_item = probe.loop_s / max(1, probe.items)
             if probe.result_schema is not None:
                 self.ctx.result_schema = probe.result_schema
-        if explicit:
-            size = explicit
+        assert head is not None
+        self.per_item = probe.loop_s / max(1, probe.items) if probe is not None else 1.0
+        rest = self.n_items - head
+        explicit = self.spec.partition_size if isinstance(self.spec.partition_size, int) else None
+        if rest <= 0:
+            runs: list[tuple[int, int]] = []
+        elif explicit:
+            runs = [(explicit, rest // explicit)] + (
+                [(rest % explicit, 1)] if rest % explicit else []
+            )
+            runs = [r for r in runs if r[1]]
         else:
             sizing = PartitionSizing(
                 target_seconds=config.get("partition.target-seconds"),
-                min_partitions_per_worker=config.get("partition.min-per-worker"),
+                min_seconds=config.get("partition.min-seconds"),
+                tail_factor=config.get("partition.tail-factor"),
                 max_items=config.get("partition.max-items"),
             )
-            size = sizing.size(
-                self.n_items - head,
-                per_item if per_item is not None else 1.0,
-                self.provider.workers_hint(),
-            )
-        self.layout = Layout(self.n_items, head, size)
+            runs = sizing.sizes(rest, self.per_item, self.provider.slots_hint())
+        self.layout = Layout(self.n_items, ((head, 1), *runs))
         self.manifest["layout"] = self.layout.to_dict()
         self.manifest["result_schema"] = _b64encode(self.ctx.result_schema)
         self.manifest["result_columns"] = _schema_types(self.ctx.schema())
@@ -533,8 +616,51 @@ class SweepRun:
             },
         )
         self._check_budget(early=False)
-        if missing:
+        if not missing:
+            return
+        left = sum(d.items for d in missing)
+        if (
+            self.inline is not None
+            and not self.cluster.started
+            and self.per_item is not None
+            and self._inline_policy().finish_inline(left, self.per_item)
+        ):
+            self.run_inline(missing)
+        else:
+            if self.inline is not None:  # the cluster takes over: its child is not needed
+                self._close_inline()
+                self.inline = None
+            self._connect()
             self.run_partitions(missing)
+
+    def run_inline(self, descs: list[Descriptor]) -> None:
+        """Run the partitions one by one in the runner's child process (a small sweep)."""
+        assert self.inline is not None
+        self.phase = "run"
+        for desc in descs:
+            if self._stop.is_set():
+                raise Interrupted()
+            fut = self.inline.submit(desc, self.ctx)
+            while not self._wait_future(fut, 0.2):
+                if self._stop.is_set():
+                    if self.stop_at is None:
+                        grace = float(config.get("grace-seconds"))
+                        self.stop_at = time.monotonic() + grace
+                        self.emit(
+                            "drain", {"running": [desc.index], "cancelled": 0, "grace": grace}
+                        )
+                    elif time.monotonic() >= self.stop_at:
+                        raise Interrupted()
+            try:
+                report = fut.result()
+            except SweepError:
+                raise
+            except Exception as e:
+                raise InfrastructureError(
+                    f"part-{desc.index:05d} failed: {type(e).__name__}: {e}"
+                ) from e
+            self._record(report, announce=True)
+            self._check_budget(early=True)
 
     def run_partitions(
         self, descs: list[Descriptor], probe_seconds: float | None = None
@@ -559,7 +685,7 @@ class SweepRun:
                     if desc is None:
                         continue  # cancelled by a drain
                     try:
-                        reports = fut.result()
+                        report = fut.result()
                     except KilledWorker as e:
                         ac.update(self._isolate(desc, probe_seconds, e))
                         continue
@@ -569,9 +695,8 @@ class SweepRun:
                         raise InfrastructureError(
                             f"part-{desc.index:05d} failed: {type(e).__name__}: {e}"
                         ) from e
-                    for r in reports:
-                        self._record(r, announce=probe_seconds is None)
-                        out.append(r)
+                    self._record(report, announce=probe_seconds is None)
+                    out.append(report)
                     remaining -= 1
                     self.provider.on_remaining(remaining)
                     if probe_seconds is None:
@@ -647,6 +772,9 @@ class SweepRun:
             worker_s=round(worker_s, 3),
             items_per_s=round(items_run / wall, 1) if wall > 0 else 0.0,
             isolated_partitions=len(isolated),
+            inline_partitions=sum(r.inline for r in self.reports.values()),
+            peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            tasks=self.tasks,
             dashboard=self.dashboard,
             exit_code=self.status.exit_code,
         )
@@ -684,17 +812,35 @@ class SweepRun:
     def _submit(
         self, descs: list[Descriptor], probe_seconds: float | None, isolated: bool
     ) -> list[Any]:
-        """One bag partition per sweep partition; the context rides along as one shared task."""
-        import dask.bag as db
-
-        ctx = dask.delayed(self.ctx, pure=True, traverse=False)
-        bag = db.from_sequence(descs, npartitions=len(descs)).map_partitions(
-            _run_bag_partition, ctx, probe_seconds, isolated
+        """One task per partition, run in this order; the context rides along as one task."""
+        if self._context is None or self._context[0] != self.ctx.result_schema:
+            holder = self.client.submit(_context, self.ctx, pure=False)
+            self.tasks += 1
+            self._context = (self.ctx.result_schema, holder)
+        self.tasks += len(descs)
+        futures = self.client.map(
+            run_partition,
+            descs,
+            ctx=self._context[1],
+            probe_seconds=probe_seconds,
+            isolated=isolated,
+            pure=False,
+            retries=config.get("task-retries"),
         )
-        futures = self.client.compute(bag.to_delayed(), retries=config.get("task-retries"))
         for fut, desc in zip(futures, descs, strict=True):
             self.pending[fut.key] = (fut, desc)
         return futures
+
+    def _connect(self) -> None:
+        """The cluster's client (starting it if needed); says where its dashboard is."""
+        if self.client is None:
+            self.client = self.cluster.wait()
+            self.dashboard = self.provider.dashboard_link
+            self.emit("cluster", {"dashboard": self.dashboard, "provider": self.provider.name})
+
+    def _close_inline(self) -> None:
+        if self.inline is not None:
+            self.inline.close(wait=self.status in (Status.SUCCEEDED, Status.FAILED))
 
     def _isolate(self, desc: Descriptor, probe_seconds: float | None, e: Exception) -> list[Any]:
         """The partition's worker died: run it again, its items isolated in child processes."""

@@ -44,10 +44,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .calls import ItemResults, iter_calls, retry_item
-from .exceptions import InfrastructureError
+from .calls import CallPlan, ItemResults, retry_item
+from .exceptions import InfrastructureError, Interrupted
 
 SLOT = struct.Struct("qdq")  # item index, its start (time.monotonic), 1 while running it
+STOP_AT = SLOT.size  # one more byte: the parent sets it to ask the child to stop after this item
+SLOT_BYTES = SLOT.size + 1
 RUNNING, IDLE = 1, 0
 FLUSH_SECONDS = 0.2  # the child sends results at least this often
 POLL_SECONDS = 0.02  # the parent checks the child this often
@@ -62,8 +64,8 @@ class Child:
     def __init__(self) -> None:
         ours, theirs = socket.socketpair()
         self._slot_file = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child
-        os.ftruncate(self._slot_file.fileno(), SLOT.size)
-        self.slot = mmap.mmap(self._slot_file.fileno(), SLOT.size)
+        os.ftruncate(self._slot_file.fileno(), SLOT_BYTES)
+        self.slot = mmap.mmap(self._slot_file.fileno(), SLOT_BYTES)
         fds = (theirs.fileno(), self._slot_file.fileno())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "runner.isolate", *map(str, fds)],
@@ -121,6 +123,11 @@ def _drop_child() -> None:
     if child is not None:
         child.close()
         _local.child = None
+
+
+def close_thread_child() -> None:
+    """Stop this thread's child process (a thread that runs no more items calls it)."""
+    _drop_child()
 
 
 def describe_exit(code: int) -> str:
@@ -186,14 +193,22 @@ class IsolatedRun:
         timeout: float | None,
         max_deaths: int,
         memory_fraction: float,
+        batch_format: str = "numpy",
     ) -> None:
         self.function = function
+        self.batch_format = batch_format
         self.function_key = function_key
         self.call = call
         self.retries = retries
         self.timeout = timeout
         self.max_deaths = max_deaths
         self.memory_limit = _memory_limit(memory_fraction)
+        self.child: Child | None = None
+        self.aborted = False
+        self.stop: threading.Event | None = None
+        self.first_item_at: float | None = None
+        self.running_row = 0
+        self.received = 0
 
     def run(
         self,
@@ -201,9 +216,16 @@ class IsolatedRun:
         items: np.ndarray,
         seed: int,
         probe_seconds: float | None = None,
+        stop: threading.Event | None = None,
     ) -> ItemResults:
-        """Results for every row (or for the rows run within ``probe_seconds``)."""
+        """Results for every row (or for the rows run within ``probe_seconds``, or until ``stop``).
+
+        ``stop`` ends the run after the item running when it is set (after at least one).
+        """
         n = params.num_rows
+        self.stop = stop
+        self.first_item_at: float | None = None  # time.monotonic() of the first item's start
+        self.running_row = 0  # the row the child is on (or last finished)
         self.values: list[Any] = [None] * n
         self.durations: list[float] = [0.0] * n
         self.errors: dict[int, str] = {}
@@ -216,11 +238,12 @@ class IsolatedRun:
         deaths = 0
         stop = n
         while self.received < stop:
-            if deadline is not None and self.received and time.monotonic() >= deadline:
+            late = deadline is not None and time.monotonic() >= deadline
+            if self.received and (late or self._stopping()):
                 stop = self.received
                 break
             budget = None if deadline is None else max(0.0, deadline - time.monotonic())
-            child = _child()
+            child = self.child = _child()
             start = self.received
             # after a death, every result comes back at once: the next death loses none
             flush = FLUSH_SECONDS if deaths == 0 else 0.0
@@ -229,6 +252,8 @@ class IsolatedRun:
             if isinstance(outcome, int):
                 stop = outcome
                 break
+            if self.aborted:
+                raise Interrupted("the run was stopped while this partition's items ran")
             deaths += 1
             self._blame(outcome)
             if deaths >= self.max_deaths:
@@ -241,6 +266,22 @@ class IsolatedRun:
             self.durations[:stop],
             deaths=deaths,
         )
+
+    def progress(self) -> tuple[int, float]:
+        """``(rows done, seconds since the first one started)``, for a caller's estimate."""
+        if self.first_item_at is None:
+            return 0, 0.0
+        return max(self.running_row, self.received), time.monotonic() - self.first_item_at
+
+    def abort(self) -> None:
+        """Kill the child now (from another thread): :meth:`run` raises ``Interrupted``."""
+        self.aborted = True
+        child = self.child
+        if child is not None:
+            child.kill()
+
+    def _stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
 
     # ------------------------------------------------------------------ steps
 
@@ -259,11 +300,13 @@ class IsolatedRun:
             child.functions.add(self.function_key)
         skip = {k - start: why for k, why in self.skip.items() if k >= start}
         SLOT.pack_into(child.slot, 0, -1, 0.0, IDLE)  # "no item started yet in this run"
+        child.slot[STOP_AT] = 0
         child.conn.send(
             (
                 "run",
                 self.function_key,
                 self.call,
+                self.batch_format,
                 params.slice(start),
                 items[start:],
                 seed,
@@ -289,6 +332,12 @@ class IsolatedRun:
             if not child.alive():
                 return self._died(child, start)
             k, began, state = child.read_slot()
+            if k >= 0:
+                self.running_row = start + k
+                if self.first_item_at is None:
+                    self.first_item_at = began
+            if self._stopping() and (self.received or k > 0):
+                child.slot[STOP_AT] = 1
             if state != RUNNING:
                 continue
             ran = time.monotonic() - began
@@ -421,6 +470,7 @@ def run_child_items(
     slot: mmap.mmap,
     fn: Callable[..., Any],
     call: str,
+    batch_format: str,
     params: pa.Table,
     items: np.ndarray,
     seed: int,
@@ -431,24 +481,28 @@ def run_child_items(
 ) -> int:
     """The child's loop: publish each item in the slot, send results in batches; rows run.
 
-    A batch goes back every ``flush`` seconds (0: after every item).
+    A batch goes back every ``flush`` seconds (0: after every item). A ``batch``
+    function is called with one row at a time here, so a death names its item.
     """
     clock = time.monotonic
     first, values, errors, attempts, durations = 0, [], {}, {}, []
     last_flush = clock()
     deadline = last_flush + budget if budget is not None else None
+    plan = CallPlan(fn, call, params, items, seed, batch_format)
+    g = plan.fn
     k = -1
-    for k, (args, kw) in enumerate(iter_calls(fn, call, params, items, seed)):
+    for k in range(plan.n):
         t0 = clock()
         if k in skip:
             r = None
             errors[k - first] = skip[k]
         else:
             SLOT.pack_into(slot, 0, k, t0, RUNNING)
+            args = plan.args_at(k)
             try:
-                r = fn(*args, **kw)
+                r = g(*args)
             except Exception as e:
-                r, tries, err = retry_item(fn, args, kw, retries, e)
+                r, tries, err = retry_item(g, args, {}, retries, e)
                 if err is not None:
                     errors[k - first] = err
                 attempts[k - first] = tries
@@ -456,7 +510,7 @@ def run_child_items(
         SLOT.pack_into(slot, 0, k, t1, IDLE)
         values.append(r)
         durations.append(t1 - t0)
-        over = deadline is not None and t1 >= deadline
+        over = (deadline is not None and t1 >= deadline) or slot[STOP_AT] != 0
         if over or t1 - last_flush >= flush:
             _send_batch(conn, ("batch", first, values, errors, attempts, durations))
             first, values, errors, attempts, durations = k + 1, [], {}, {}, []
@@ -473,7 +527,7 @@ def main(argv: list[str]) -> int:
     import cloudpickle
 
     conn = Connection(int(argv[1]))
-    slot = mmap.mmap(int(argv[2]), SLOT.size)
+    slot = mmap.mmap(int(argv[2]), SLOT_BYTES)
     _watch_parent()
     functions: dict[str, Any] = {}
     while True:
@@ -488,10 +542,11 @@ def main(argv: list[str]) -> int:
             except Exception as e:
                 conn.send(("error", f"cannot load the function here: {type(e).__name__}: {e}"))
             continue
-        _, key, call, params, items, seed, retries, skip, budget, flush = msg
+        _, key, call, batch_format, params, items, seed, retries, skip, budget, flush = msg
         ran = run_child_items(
-            conn, slot, functions[key], call, params, items, seed, retries, skip, budget, flush
-        )
+            conn, slot, functions[key], call, batch_format, params, items, seed, retries, skip,
+            budget, flush,
+        )  # fmt: skip
         conn.send(("done", ran))
 
 

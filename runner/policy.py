@@ -12,27 +12,49 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class PartitionSizing:
-    """Choose items per partition from a timing sample.
+    """Choose the partition sizes of a sweep from the time per item and the slots.
 
-    Partitions should take about ``target_seconds`` (seconds, not microseconds: the
-    per-task overhead of Dask is ~1 ms), yet there must be at least
-    ``min_partitions_per_worker`` per worker so every worker stays busy to the end
-    and the tail is short. ``max_items`` bounds the memory a partition needs.
+    A *slot* is one worker thread. Partitions take at most ``target_seconds`` (and
+    ``max_items``, which bounds a partition's memory) while much work is left; then
+    guided self-scheduling: each next partition gets ``1 / (tail_factor * slots)`` of
+    what is left, so the last ones are small and every slot finishes at about the
+    same time. No partition is below ``min_seconds`` (a task and a file cost a few
+    milliseconds) unless the items run out. The result is a run-length list.
     """
 
     target_seconds: float = 10.0
-    min_partitions_per_worker: int = 4
+    min_seconds: float = 0.5
+    tail_factor: float = 2.0
     max_items: int = 1_000_000
-    min_items: int = 1
 
-    def size(self, n_items: int, seconds_per_item: float, workers: int) -> int:
-        if n_items <= 0:
-            return 1
-        per_item = max(seconds_per_item, 1e-9)
-        by_time = int(self.target_seconds / per_item)
-        by_balance = math.ceil(n_items / max(1, workers * self.min_partitions_per_worker))
-        size = min(by_time, by_balance, self.max_items)
-        return max(self.min_items, size)
+    def sizes(self, n_items: int, seconds_per_item: float, slots: int) -> list[tuple[int, int]]:
+        """``(size, count)`` runs that add up to ``n_items``."""
+        per = max(seconds_per_item, 1e-9)
+        cap = max(1, min(self.max_items, int(self.target_seconds / per)))
+        floor = max(1, min(cap, math.ceil(self.min_seconds / per)))
+        share = self.tail_factor * max(1, slots)  # the tail's divisor: left / share
+        runs: list[tuple[int, int]] = []
+        left = n_items
+
+        def add(size: int, count: int) -> None:
+            nonlocal left
+            if count > 0:
+                if runs and runs[-1][0] == size:
+                    runs[-1] = (size, runs[-1][1] + count)
+                else:
+                    runs.append((size, count))
+                left -= size * count
+
+        # full partitions while left / share > cap (closed form: a sweep may have millions)
+        add(cap, max(0, math.floor((left - cap * share) / cap)))
+        while left > 0:
+            want = math.ceil(left / share)
+            if want <= floor:
+                add(floor, left // floor)
+                add(left, 1 if left else 0)
+                break
+            add(min(cap, want, left), 1)
+        return runs
 
 
 @dataclass(frozen=True)
@@ -89,3 +111,29 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt ``attempt`` (0-based): doubling from ``wait``."""
         return self.wait * 2**attempt
+
+
+@dataclass(frozen=True)
+class InlinePolicy:
+    """When the runner should start the cluster instead of running the items itself.
+
+    The runner runs the probe in its own (isolated) child process first. A sweep whose
+    estimated work is at most ``max_seconds`` is finished there, with no cluster; a
+    bigger one starts the cluster as soon as the estimate says so (after
+    ``decide_after`` seconds of items), and the probe goes on while it starts.
+    """
+
+    max_seconds: float = 3.0
+    decide_after: float = 0.2
+
+    def start_cluster(self, n_items: int, done: int, elapsed: float) -> bool:
+        """Whether the cluster is needed, after ``done`` items took ``elapsed`` seconds."""
+        if elapsed >= self.max_seconds:
+            return done < n_items
+        if done == 0 or elapsed < self.decide_after:
+            return False
+        return elapsed / done * n_items > self.max_seconds
+
+    def finish_inline(self, items_left: int, seconds_per_item: float) -> bool:
+        """Whether what is left after the probe is small enough to run without a cluster."""
+        return items_left * seconds_per_item <= self.max_seconds

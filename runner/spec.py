@@ -209,7 +209,8 @@ class SweepSpec(_Model):
 
     name: str = "sweep"
     function: str | list[str] | Callable[..., Any]
-    call: Literal["row", "kwargs", "command"] = "kwargs"
+    call: Literal["row", "kwargs", "batch", "command"] = "kwargs"
+    batch_format: Literal["numpy", "pandas"] = "numpy"
     params: ParamsSpec
     partition_size: Literal["auto"] | PositiveInt = "auto"
     output: str
@@ -305,6 +306,8 @@ class SweepSpec(_Model):
             "params": self.params.model_dump(mode="json", exclude_none=True),
             "seed": self.seed,
         }
+        if self.call == "batch":
+            ident["batch_format"] = self.batch_format
         if callable(self.function):
             ident["code"] = function_code_hash(self.function)
         if isinstance(self.partition_size, int):

@@ -128,6 +128,9 @@ def cli_env(s3_server: str) -> dict[str, str]:
         DASK_SWEEP__LOCAL__DASHBOARD_ADDRESS=":0",
         DASK_SWEEP__PROGRESS__INTERVAL="0.5",
         DASK_SWEEP__PROBE__SECONDS="0.2",
+        # sweeps of test size would run in the runner without a cluster: the tests of the
+        # cluster need one (tests/test_inline.py runs the default)
+        DASK_SWEEP__INLINE__MAX_SECONDS="0",
         COLUMNS="200",
     )
     return env

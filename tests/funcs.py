@@ -6,6 +6,7 @@ import math
 import os
 
 import numpy as np
+import pandas as pd
 
 _attempts: dict[int, int] = {}
 
@@ -98,3 +99,43 @@ def memory_hog(a, b):
 
 def result_key_clash(a, b):
     return {"a": a * 2, "total": a + b}
+
+
+# --------------------------------------------------------------------------- call: batch
+
+
+def add_batch(batch):
+    """A vectorised add: a dict of arrays (or a DataFrame) in, one array out."""
+    return np.asarray(batch["a"]) + np.asarray(batch["b"])
+
+
+def batch_fails_on_a3(batch):
+    """Raises for the whole batch when any row has a == 3: the engine retries per row."""
+    a = np.asarray(batch["a"])
+    if (a == 3).any():
+        raise ValueError("a is 3")
+    return a * 10
+
+
+def batch_stats_frame(batch, seed):
+    """A DataFrame of two result columns, and the per-row seeds as a third."""
+    return pd.DataFrame(
+        {"total": batch["a"] + batch["b"], "diff": batch["a"] - batch["b"], "s": seed}
+    )
+
+
+def batch_wrong_length(batch):
+    return np.zeros(len(batch["a"]) + 1)
+
+
+def batch_with_rng(batch, rng):
+    return batch["a"] * rng.random()
+
+
+def ordered_args(b, a, c=5):
+    """Parameters passed in another order than the source's columns, and a default."""
+    return a * 100 + b * 10 + c
+
+
+def keyword_only(a, *, b):
+    return a - b

@@ -117,7 +117,7 @@ CASES = [
          {"cluster": {"workerz": 2}}),
     Case("wrong-type-int", "retries: Input should be a valid integer", {"retries": "lots"}),
     Case("wrong-type-float", "timeout: Input should be a valid number", {"timeout": "soon"}),
-    Case("wrong-call", "call: Input should be 'row', 'kwargs' or 'command'", {"call": "kwarg"}),
+    Case("wrong-call", "call: Input should be 'row', 'kwargs', 'batch' or 'command'", {"call": "kwarg"}),
     Case("bad-name", "name: use lowercase letters", {"name": "Bad Name"}),
     Case("bad-budget", "max_failures", {"max_failures": 1.5}),
     Case("partition-size-zero", "partition_size", {"partition_size": 0}),

@@ -368,3 +368,76 @@ def test_api_rejects_bad_params(tmp_path):
         runner.sweep(funcs.add, 42, output=str(tmp_path / "o"))
     with pytest.raises(SpecError, match="max_failures"):
         runner.sweep(funcs.add, GRID, output=str(tmp_path / "o"), max_failures=-1)
+
+
+# ------------------------------------------------------------------ call: batch and the call plan
+
+
+def test_batch_call_gets_whole_partitions_and_matches_the_per_item_result(client, tmp_path):
+    report = run(client, tmp_path / "b", function="tests.funcs:add_batch", call="batch")
+    assert report.ok == 20
+    df = pd.read_parquet(tmp_path / "b").sort_values("item")
+    a, b = expected_grid()
+    np.testing.assert_allclose(df["result"], a + b)
+    assert (df["status"] == "ok").all() and (df["duration_s"] >= 0).all()
+    # the same function on DataFrames
+    report = run(
+        client,
+        tmp_path / "p",
+        function="tests.funcs:add_batch",
+        call="batch",
+        batch_format="pandas",
+    )
+    assert report.ok == 20
+    np.testing.assert_allclose(pd.read_parquet(tmp_path / "p").sort_values("item")["result"], a + b)
+
+
+def test_a_batch_that_raises_runs_per_item_so_only_the_bad_items_fail(client, tmp_path):
+    out = tmp_path / "out"
+    report = run(
+        client, out, function="tests.funcs:batch_fails_on_a3", call="batch", max_failures=10,
+        partition_size=6,
+    )  # fmt: skip
+    assert report.errors == 4 and report.ok == 16  # a == 3 is 4 of the 20 rows
+    df = pd.read_parquet(out).sort_values("item")
+    bad = df[df["a"] == 3]
+    assert (bad["status"] == "error").all() and bad["error"].str.contains("a is 3").all()
+    good = df[df["a"] != 3]
+    np.testing.assert_allclose(good["result"], good["a"] * 10)
+
+
+def test_batch_frames_give_columns_and_seeds_are_per_row(client, tmp_path):
+    out = tmp_path / "out"
+    run(client, out, function="tests.funcs:batch_stats_frame", call="batch", seed=3)
+    df = pd.read_parquet(out).sort_values("item")
+    np.testing.assert_allclose(df["total"], df["a"] + df["b"])
+    np.testing.assert_allclose(df["diff"], df["a"] - df["b"])
+    assert df["s"].nunique() == 20  # one seed per row, from (seed, item): the same on a rerun
+    run(client, tmp_path / "again", function="tests.funcs:batch_stats_frame", call="batch", seed=3)
+    again = pd.read_parquet(tmp_path / "again").sort_values("item")
+    np.testing.assert_array_equal(df["s"], again["s"])
+
+
+def test_a_batch_of_the_wrong_length_is_an_error_per_item(client, tmp_path):
+    report = run(
+        client, tmp_path / "w", function="tests.funcs:batch_wrong_length", call="batch",
+        max_failures=20,
+    )  # fmt: skip
+    assert report.errors == 20
+    df = pd.read_parquet(tmp_path / "w")
+    assert df["error"].str.contains("returned 2 values for 1 rows").all()
+
+
+def test_batch_refuses_rng_up_front(client, tmp_path):
+    with pytest.raises(SpecError, match="takes rng, but call: batch passes seed"):
+        run(client, tmp_path / "r", function="tests.funcs:batch_with_rng", call="batch")
+    assert not (tmp_path / "r").exists()
+
+
+def test_kwargs_bind_by_name_whatever_the_order(client, tmp_path):
+    run(client, tmp_path / "o", function="tests.funcs:ordered_args")
+    df = pd.read_parquet(tmp_path / "o")
+    np.testing.assert_allclose(df["result"], df["a"] * 100 + df["b"] * 10 + 5)
+    run(client, tmp_path / "k", function="tests.funcs:keyword_only")
+    df = pd.read_parquet(tmp_path / "k")
+    np.testing.assert_allclose(df["result"], df["a"] - df["b"])

@@ -306,8 +306,8 @@ def test_provider_namespace_in_the_runner_pod_is_its_own(monkeypatch: pytest.Mon
 
 
 def test_provider_sizes_for_max_workers_and_contacts_nothing() -> None:
-    provider = make_provider(KubernetesSpec(max_workers=7))
-    assert provider.workers_hint() == 7
+    provider = make_provider(KubernetesSpec(max_workers=7, worker_threads=2))
+    assert provider.slots_hint() == 14 and provider.starts_cluster
     resource = provider.cluster_resource()
     kubecheck.validate(resource)
     assert resource["metadata"]["labels"]["app.kubernetes.io/instance"] == "pi"

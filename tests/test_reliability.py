@@ -128,7 +128,7 @@ def test_isolation_process_retries_crashes_and_bounds_deaths(client, tmp_path):
     with dask.config.set({"sweep.isolation.max-deaths": 5}):
         report = runner.execute.run_sweep(spec, client=client)
     assert report.isolated_partitions == report.partitions_run and report.errors == 12
-    head = json.loads((tmp_path / "out" / "_manifest.json").read_text())["layout"]["head"]
+    head = json.loads((tmp_path / "out" / "_manifest.json").read_text())["layout"]["segments"][0][0]
     df = runner.load_results(str(tmp_path / "out"))
     part1 = df[(df["item"] >= head) & (df["item"] < head + 6)]
     died = "worker process died (exit code 3) while running this item"
@@ -177,7 +177,7 @@ def test_a_worker_killed_from_outside_costs_no_item(tmp_path, cli_env):
         "run", spec, "--workers", "2", "--json", env=dict(cli_env, SWEEP_TEST_SLEEP="0.05")
     )
     try:
-        run.wait_line(r"200 items in 21 partitions", 90)
+        run.wait_line(r"200 items in \d+ partitions", 90)
         wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 3, 60, "3 partitions")
         workers = [
             p
@@ -260,7 +260,7 @@ def test_signal_drains_running_partitions_then_resume(tmp_path, cli_env, sig, co
     env = dict(cli_env, SWEEP_TEST_SLEEP="0.1")  # 1 s partitions
     run = Running("run", spec, "--workers", "2", env=env)
     try:
-        run.wait_line(r"400 items in 41 partitions", 90)
+        run.wait_line(r"400 items in \d+ partitions", 90)
         wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 3, 60, "3 partitions")
         run.send(sig)
         line = run.wait_line(r"stopping: waiting up to 20s for \d+ running partition", 30)
@@ -271,9 +271,10 @@ def test_signal_drains_running_partitions_then_resume(tmp_path, cli_env, sig, co
     assert running, line
     done = {int(p.stem.split("-")[1]) for p in out.glob("part-*.parquet")}
     assert set(running) <= done, (running, sorted(done))  # the running ones were let finish
-    assert len(done) < 41 and not (out / "_SUCCESS").exists()
-    assert "finished partitions are kept" in run.stderr
     manifest = json.loads((out / "_manifest.json").read_text())
+    total = manifest["layout"]["partitions"]  # 40 or 41: the probe ends when the cluster is up
+    assert len(done) < total and not (out / "_SUCCESS").exists()
+    assert "finished partitions are kept" in run.stderr
     assert manifest["status"] == "interrupted" and manifest["runs"][-1]["status"] == "interrupted"
     # `sweep results` reads an interrupted sweep and says how complete it is
     partial = json.loads(sweep("results", out, "--json", env=cli_env).stdout)
@@ -282,7 +283,7 @@ def test_signal_drains_running_partitions_then_resume(tmp_path, cli_env, sig, co
     r = sweep("run", spec, "--workers", "2", "--json", env=dict(cli_env), timeout=180)
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
-    assert summary["partitions_run"] == 41 - len(done)
+    assert summary["partitions_run"] == total - len(done)
     df = runner.load_results(str(out))
     assert df["item"].tolist() == list(range(400))
     np.testing.assert_allclose(df["result"], _reference())
@@ -357,7 +358,8 @@ def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_result(tmp_pa
     assert kills == len(moments) >= 10
     final = sweep("run", spec, "--workers", "2", "--json", env=env, timeout=300)
     assert final.returncode == 0, final.stderr
-    assert _check_whole(out) == 101 and (out / "_SUCCESS").exists()
+    total = json.loads((out / "_manifest.json").read_text())["layout"]["partitions"]
+    assert _check_whole(out) == total and (out / "_SUCCESS").exists()
     reference = tmp_path / "reference"
     r = sweep(
         "run", spec, "-o", reference, "--workers", "2", env=dict(env, SWEEP_TEST_SLEEP="0"),

@@ -146,11 +146,12 @@ def test_storage_lost_mid_sweep_stops_bounded_then_resumes(
     assert "Traceback" not in run.stderr
     assert elapsed < 120, elapsed
     done = len(parts())
-    assert done < 41
+    total = json.loads(fs.cat(f"{BUCKET}/out/_manifest.json"))["layout"]["partitions"]
+    assert done < total  # the probe's length (so the count) depends on when the cluster is up
     fault_proxy.up()
     r = sweep("run", spec, "--workers", "2", "--json", env=env, timeout=250)
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout.strip().splitlines()[-1])
-    assert report["partitions_run"] == 41 - done
+    assert report["partitions_run"] == total - done
     df = results(s3_server)
     assert df["item"].tolist() == list(range(400))

@@ -12,7 +12,7 @@ import pytest
 from runner.calls import ItemResults, item_seeds, result_columns, run_items
 from runner.exceptions import SpecError
 from runner.plan import Layout, todo
-from runner.policy import FailureBudget, PartitionSizing, ScalingPolicy
+from runner.policy import FailureBudget, InlinePolicy, PartitionSizing, ScalingPolicy
 from runner.sources import make_source
 from runner.spec import ParamsSpec, build_spec, load_spec
 
@@ -26,13 +26,39 @@ def params(**kw):
 # ------------------------------------------------------------------ policies
 
 
-def test_partition_sizing_balances_time_and_workers():
-    p = PartitionSizing(target_seconds=10, min_partitions_per_worker=4, max_items=1_000_000)
-    assert p.size(10_000_000, 1e-6, 2) == 1_000_000  # zero-work: capped by memory bound
-    assert p.size(10_000, 1e-6, 2) == 1250  # enough partitions for every worker
-    assert p.size(10_000, 1.0, 2) == 10  # slow items: partitions of ~10 s
-    assert p.size(3, 60.0, 8) == 1
-    assert p.size(0, 1.0, 1) == 1
+def _sizes(runs):
+    return [size for size, count in runs for _ in range(count)]
+
+
+def test_partition_sizing_caps_then_tapers_so_every_slot_finishes_together():
+    p = PartitionSizing(target_seconds=10, min_seconds=0.5, tail_factor=2, max_items=1_000_000)
+    # zero-work items: every partition at the memory cap, no tail (each takes 0.3 s anyway)
+    assert p.sizes(30_000_000, 3e-7, 2) == [(1_000_000, 30)]
+    # 10 ms items on 4 slots: 10 s partitions, then a tail down to 0.5 s partitions
+    sizes = _sizes(p.sizes(24_000, 0.01, 4))
+    assert sum(sizes) == 24_000 and sizes[0] == 1000 and sizes == sorted(sizes, reverse=True)
+    assert sizes[-2] == 50 and sizes[-1] <= 50  # the last ones: 0.5 s of work
+    # the work still queued behind each partition is always enough to fill every slot
+    left = 24_000
+    for size in sizes[:-8]:
+        left -= size
+        assert left >= size * 4 or size == 50
+    # slow items: one per partition, still a compact run-length list
+    assert p.sizes(10_000_000, 10.0, 4) == [(1, 10_000_000)]
+    assert p.sizes(1000, 1e-3, 2) == [(500, 2)]  # 1 s of work: two 0.5 s partitions
+    assert p.sizes(3, 60.0, 8) == [(1, 3)]
+    for n, per, slots in [(7, 1e-3, 3), (12_345, 2e-3, 5), (10**8, 1e-6, 64), (1, 5.0, 1)]:
+        assert sum(s * c for s, c in p.sizes(n, per, slots)) == n
+
+
+def test_inline_policy_keeps_small_sweeps_off_the_cluster():
+    p = InlinePolicy(max_seconds=3.0, decide_after=0.2)
+    assert not p.start_cluster(10, 5, 0.01)  # too early to tell
+    assert not p.start_cluster(1000, 100, 0.25)  # 2.5 s in all: finish here
+    assert p.start_cluster(100_000, 100, 0.25)  # 250 s: start the cluster
+    assert p.start_cluster(10, 0, 3.0)  # the first item alone takes 3 s
+    assert not p.start_cluster(10, 10, 3.5)  # ... but all are done
+    assert p.finish_inline(1000, 1e-3) and not p.finish_inline(10_000, 1e-3)
 
 
 def test_scaling_policy_follows_remaining_work():
@@ -53,20 +79,31 @@ def test_failure_budget_counts_and_fractions():
 
 
 def test_layout_covers_every_item_exactly_once():
-    for n, head, size in [(1, 1, 5), (10, 3, 3), (1000, 17, 100), (7, 7, 2)]:
-        layout = Layout(n, head, size)
+    for n, sizes in [(1, [1]), (10, [3, 3, 3, 1]), (1000, [17, *[100] * 9, 50, 33]), (7, [7])]:
+        layout = Layout.of_sizes(n, sizes)
         descs = layout.descriptors()
         covered = np.concatenate([np.arange(d.start, d.stop) for d in descs])
         np.testing.assert_array_equal(covered, np.arange(n))
+        assert [d.items for d in descs] == sizes and layout.head == sizes[0]
         assert layout.partitions == len(descs) and Layout.from_dict(layout.to_dict()) == layout
+    assert Layout.of_sizes(10, [3, 3, 3, 1]).segments == ((3, 3), (1, 1))
+
+
+def test_layout_reads_the_first_manifest_format():
+    old = {"n_items": 100, "head": 10, "size": 30, "partitions": 4}
+    assert [(d.start, d.stop) for d in Layout.from_dict(old).descriptors()] == [
+        (0, 10), (10, 40), (40, 70), (70, 100),
+    ]  # fmt: skip
 
 
 def test_todo_is_desired_minus_done():
-    layout = Layout(100, 10, 30)  # partitions: [0,10) [10,40) [40,70) [70,100)
+    layout = Layout.of_sizes(100, [10, 30, 30, 30])
     assert [d.index for d in todo(layout, {0, 2})] == [1, 3]
     assert todo(layout, range(4)) == []
     with pytest.raises(ValueError):
-        Layout(10, 0, 3)
+        Layout(10, ((3, 3),))  # 9 items, not 10
+    with pytest.raises(ValueError):
+        Layout(10, ((0, 1), (10, 1)))
 
 
 # ------------------------------------------------------------------ sources
@@ -324,3 +361,46 @@ def test_check_call_names_what_does_not_bind():
     check_call(g, "kwargs", ["a", "b", "anything"], "m:g")  # **kwargs takes the rest
     with pytest.raises(SpecError, match=r"argument\(s\) b get no parameter"):
         check_call(g, "kwargs", ["a"], "m:g")
+
+
+def test_run_items_times_fast_items_in_blocks_and_slow_ones_each():
+    import time as _time
+
+    from runner.calls import CallPlan, run_each
+
+    n = 5000
+    t = pa.table({"a": np.arange(n, dtype=np.float64)})
+    items = np.arange(n)
+    res = run_each(CallPlan(lambda a: a + 1, "kwargs", t, items, 0), 0)
+    assert res.values == list(np.arange(n) + 1.0) and len(res.durations) == n
+    assert len(set(res.durations)) < n / 10  # block means, not one clock reading per item
+
+    def slow(a):
+        _time.sleep(0.001 * (a % 3))
+        return a
+
+    t = pa.table({"a": np.arange(12, dtype=np.float64)})
+    res = run_each(CallPlan(slow, "kwargs", t, np.arange(12), 0), 0)
+    # every item timed alone once items are slow: a % 3 == 2 takes twice a % 3 == 1
+    d = np.array(res.durations)
+    assert (d[5::3] > 0.0018).all() and (d[4::3] < 0.0018).all()
+
+
+def test_run_items_errors_inside_a_block_keep_their_neighbours():
+    from runner.calls import CallPlan, run_each
+
+    n = 3000
+    t = pa.table({"a": np.arange(n, dtype=np.float64)})
+
+    def f(a):
+        if a % 1000 == 7:
+            raise ValueError(f"bad {a}")
+        return a
+
+    res = run_each(CallPlan(f, "kwargs", t, np.arange(n), 0), 1)
+    assert sorted(res.errors) == [7, 1007, 2007] and res.attempts == {7: 2, 1007: 2, 2007: 2}
+    assert "bad 1007.0" in res.errors[1007]
+    assert [v for k, v in enumerate(res.values) if k not in res.errors] == [
+        float(a) for a in range(n) if a % 1000 != 7
+    ]
+    assert len(res.durations) == n

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import threading
 from types import TracebackType
 from typing import Any
 
@@ -45,10 +46,15 @@ class ClusterProvider(abc.ABC):
     def stop(self) -> None:
         """Release everything :meth:`start` created."""
 
-    def workers_hint(self) -> int:
-        """How many workers the sweep can count on (used to size partitions)."""
+    #: The provider starts the cluster (it takes seconds): the runner runs the probe itself
+    #: meanwhile, and a sweep that turns out to be seconds of work needs no cluster at all.
+    starts_cluster = False
+
+    def slots_hint(self) -> int:
+        """Worker threads the sweep can count on (partitions are sized for them)."""
         info = self.client.scheduler_info(n_workers=-1) if self.client is not None else {}
-        return max(1, len(info.get("workers", {})))
+        workers = info.get("workers", {}).values()
+        return max(1, sum(int(w.get("nthreads", 1)) for w in workers))
 
     def on_remaining(self, remaining_partitions: int) -> None:  # noqa: B027 - optional hook
         """Called as partitions finish; scaling providers resize here."""
@@ -90,3 +96,58 @@ class ClientProvider(ClusterProvider):
 
     def stop(self) -> None:
         pass
+
+
+class ClusterStart:
+    """A provider's cluster, started in a background thread so the runner can work meanwhile.
+
+    :meth:`start` begins (at most once), :meth:`ready` says whether it is done (up or
+    failed), :meth:`wait` starts if needed and returns the client (or raises what the
+    start raised), and :meth:`close` stops whatever was started.
+    """
+
+    def __init__(self, provider: ClusterProvider) -> None:
+        self.provider = provider
+        self._thread: threading.Thread | None = None
+        self._client: Any = None
+        self._error: BaseException | None = None
+        self._entered = False
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._enter, name="sweep-cluster", daemon=True)
+            self._thread.start()
+
+    def _enter(self) -> None:
+        try:
+            self._client = self.provider.__enter__()
+            self._entered = True
+        except BaseException as e:  # handed to the thread that waits
+            self._error = e
+
+    def ready(self) -> bool:
+        return self._thread is not None and not self._thread.is_alive()
+
+    def failed(self) -> bool:
+        return self.ready() and self._error is not None
+
+    def wait(self) -> Any:
+        self.start()
+        assert self._thread is not None
+        while self._thread.is_alive():
+            self._thread.join(0.1)  # a timeout, so the main thread still sees its signals
+        if self._error is not None:
+            raise self._error
+        return self._client
+
+    def close(self) -> None:
+        if self._thread is None:
+            return
+        self._thread.join()
+        if self._entered:
+            self._entered = False
+            self.provider.__exit__(None, None, None)

@@ -216,6 +216,7 @@ class KubernetesProvider(ClusterProvider):
     """
 
     name = "kubernetes"
+    starts_cluster = True
 
     def __init__(self, cluster: ClusterSpec, **options: Any) -> None:
         self.spec = cluster
@@ -264,9 +265,9 @@ class KubernetesProvider(ClusterProvider):
             idle_timeout=self.idle_timeout,
         )
 
-    def workers_hint(self) -> int:
+    def slots_hint(self) -> int:
         """The sweep is sized for ``max_workers``: the autoscaler provides them as needed."""
-        return self.kube.max_workers
+        return self.kube.max_workers * self.kube.worker_threads
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -60,6 +60,7 @@ class LocalProvider(ClusterProvider):
     """One single-threaded worker process per core (user code often holds the GIL)."""
 
     name = "local"
+    starts_cluster = True
 
     def __init__(self, workers: int | None = None, threads_per_worker: int = 1) -> None:
         self.n_workers = workers or default_workers()
@@ -98,5 +99,5 @@ class LocalProvider(ClusterProvider):
             self._restore_main()
             self._restore_main = None
 
-    def workers_hint(self) -> int:
-        return self.n_workers
+    def slots_hint(self) -> int:
+        return self.n_workers * self.threads_per_worker
