@@ -13,6 +13,7 @@ import json
 import os
 import string
 import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +22,6 @@ from itertools import islice
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -396,6 +396,8 @@ class _OneRowBatch:
 def make_batch(arrays: dict[str, np.ndarray], batch_format: str) -> Any:
     """What a ``batch`` function receives: a dict of NumPy arrays, or a pandas DataFrame."""
     if batch_format == "pandas":
+        import pandas as pd  # lazy: 0.2 s to import, and only this batch format needs it
+
         return pd.DataFrame(arrays, copy=False)
     return arrays
 
@@ -419,7 +421,8 @@ def batch_result_columns(out: Any, n: int) -> dict[str, pa.Array]:
     ValueError
         The value has another length or a shape that is not columns.
     """
-    if isinstance(out, pd.DataFrame):
+    pd = sys.modules.get("pandas")  # a pandas result means pandas is imported already
+    if pd is not None and isinstance(out, pd.DataFrame):
         cols = {str(k): pa.Array.from_pandas(out[k]) for k in out.columns}
     elif isinstance(out, pa.Table | pa.RecordBatch):
         cols = {
@@ -442,7 +445,8 @@ def _batch_array(v: Any) -> pa.Array:
         return pa.concat_arrays(v.chunks)
     if isinstance(v, pa.Array):
         return v
-    if isinstance(v, pd.Series):
+    pd = sys.modules.get("pandas")
+    if pd is not None and isinstance(v, pd.Series):
         return pa.Array.from_pandas(v)
     if isinstance(v, np.ndarray):
         if v.ndim != 1:
@@ -584,9 +588,9 @@ def run_batch(
             _spread(durations, took, stop - start)
         else:
             if each is None:
-                each = ItemResults(_values_of(blocks), durations=durations)
+                each = ItemResults(values_of(blocks), durations=durations)
             if cols is not None:
-                each.values.extend(_values_of([cols]))
+                each.values.extend(values_of([cols]))
                 _spread(each.durations, took, stop - start)
             else:
                 plan = CallPlan(
@@ -606,7 +610,7 @@ def run_batch(
         return each
     columns = _concat_blocks(blocks)
     if columns is None:  # blocks disagree on columns or types: let the per-item checks say how
-        return ItemResults(_values_of(blocks), durations=durations)
+        return ItemResults(values_of(blocks), durations=durations)
     return ItemResults([], durations=durations, columns=columns, rows=start)
 
 
@@ -617,7 +621,7 @@ def _append(res: ItemResults, more: ItemResults, offset: int) -> None:
     res.attempts.update((offset + k, v) for k, v in more.attempts.items())
 
 
-def _values_of(blocks: list[dict[str, pa.Array]]) -> list[Any]:
+def values_of(blocks: list[dict[str, pa.Array]]) -> list[Any]:
     """Blocks of result columns as per-item values (a value, or a dict of several columns)."""
     values: list[Any] = []
     for cols in blocks:
@@ -680,7 +684,7 @@ def result_columns(
         if fitted is not None:
             return fitted
         # columns that do not fit the schema: the per-item checks name each item's problem
-        res.values, res.columns, res.rows = _values_of([res.columns]), None, None
+        res.values, res.columns, res.rows = values_of([res.columns]), None, None
     values, errors = res.values, res.errors
     ok = [k for k in range(len(values)) if k not in errors] if errors else range(len(values))
     if schema is None:

@@ -7,6 +7,7 @@ config, 3 infrastructure error, 128+N interrupted by signal N (130 Ctrl-C, 143 S
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -304,7 +305,19 @@ def run(
                     f" see: sweep results {redact_url(report['output'])}",
                     file=sys.stderr,
                 )
-    raise typer.Exit(code)
+    _exit_now(code)
+
+
+def _exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown (0.3-0.5 s with distributed loaded).
+
+    Only after a run: the output is final, the cluster is closed and every thread this
+    run started has ended or is a daemon; nothing is left to flush but stdio.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 @app.command()

@@ -18,11 +18,11 @@ DEFAULTS: dict[str, Any] = {
             # then each partition takes 1/(tail-factor x slots) of what is left, down to
             # min-seconds of work, so every worker thread finishes at about the same time
             "tail-factor": 2.0,
-            "min-seconds": 0.5,
+            "min-seconds": 0.25,
         },
         # a sweep estimated at most this many seconds of work runs in the runner's own
         # child process, without starting a cluster (local and Kubernetes clusters)
-        "inline": {"max-seconds": 3.0},
+        "inline": {"max-seconds": 3.0, "max-items": 200_000},
         "probe": {
             "seconds": 1.0,
             "max-items": 100_000,

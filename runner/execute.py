@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
-import resource
 import threading
 import time
 from collections import Counter
@@ -401,17 +400,33 @@ class SweepRun:
         Interrupted
             SIGINT/SIGTERM; finished partitions are kept, rerun to resume.
         """
-        self.prepare()
-        self.begin()
+        with contextlib.ExitStack() as inline:
+            if self._make_provider().starts_cluster:
+                # its child process starts now: it imports while the spec is checked
+                self.inline = InlineSlot()
+                inline.callback(self._close_inline)
+                self.inline.warm()
+            self.prepare()
+            self.begin()
+            report = self._run_steps()
+        if report.status == Status.FAILED:
+            err = FailureBudgetExceeded(
+                f"{report.errors} of {report.items} items failed, max_failures allows"
+                f" {report.allowed_failures}; see the error column: sweep results {self.spec.output}"
+            )
+            err.report = report  # type: ignore[attr-defined]
+            raise err
+        return report
+
+    def _run_steps(self) -> SweepReport:
+        """The steps after :meth:`begin`; always ends with :meth:`finalise`."""
         error: BaseException | None = None
         # the cluster stops last: the output is complete before a slow teardown begins
         with contextlib.ExitStack() as stack:
             try:
-                self.cluster = ClusterStart(self._make_provider())
+                self.cluster = ClusterStart(self.provider)
                 stack.callback(self.cluster.close)
-                if self.layout is None and self.provider.starts_cluster:
-                    self.inline = InlineSlot()
-                    stack.callback(self._close_inline)
+                if self.layout is None and self.inline is not None:
                     self.probe_inline()
                 elif self.layout is None:
                     self.probe()
@@ -433,13 +448,6 @@ class SweepRun:
             finally:
                 report = self.finalise(error)
                 self.emit("end", report.to_dict())
-        if report.status == Status.FAILED:
-            err = FailureBudgetExceeded(
-                f"{report.errors} of {report.items} items failed, max_failures allows"
-                f" {report.allowed_failures}; see the error column: sweep results {self.spec.output}"
-            )
-            err.report = report  # type: ignore[attr-defined]
-            raise err
         return report
 
     def request_stop(self) -> bool:
@@ -558,7 +566,10 @@ class SweepRun:
         return min(self.n_items, explicit or config.get("probe.max-items"))
 
     def _inline_policy(self) -> InlinePolicy:
-        return InlinePolicy(max_seconds=float(config.get("inline.max-seconds")))
+        return InlinePolicy(
+            max_seconds=float(config.get("inline.max-seconds")),
+            max_items=int(config.get("inline.max-items")),
+        )
 
     def _wait_future(self, fut: Future[Any], seconds: float = 0.05) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -773,7 +784,7 @@ class SweepRun:
             items_per_s=round(items_run / wall, 1) if wall > 0 else 0.0,
             isolated_partitions=len(isolated),
             inline_partitions=sum(r.inline for r in self.reports.values()),
-            peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            peak_rss_mb=peak_rss_mb(),
             tasks=self.tasks,
             dashboard=self.dashboard,
             exit_code=self.status.exit_code,
@@ -991,6 +1002,18 @@ def run_sweep(
     return SweepRun(
         spec, client=client, overwrite=overwrite, progress=progress, provider=provider
     ).run()
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory (``VmHWM``; ``ru_maxrss`` survives ``exec``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
 
 
 def _b64encode(data: bytes | None) -> str | None:

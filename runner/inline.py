@@ -13,7 +13,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from .isolate import IsolatedRun, close_thread_child
+from .isolate import IsolatedRun, close_thread_child, start_thread_child
 
 if TYPE_CHECKING:
     from .execute import TaskContext
@@ -35,7 +35,11 @@ class InlineSlot:
         self.stop.clear()
         self.run = ctx.isolated_run()
         stop = self.stop if elastic else None
-        return self._pool.submit(run_partition, desc, ctx, None, True, stop, self.run)
+        return self._pool.submit(run_partition, desc, ctx, None, False, stop, self.run)
+
+    def warm(self) -> None:
+        """Start the child process now, so it is ready when the first partition comes."""
+        self._pool.submit(start_thread_child)
 
     def progress(self) -> tuple[int, float]:
         """``(items done, seconds since the first started)`` of the running partition."""

@@ -44,10 +44,22 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .calls import CallPlan, ItemResults, retry_item
+from .calls import (
+    MAX_BLOCK,
+    CallPlan,
+    ItemResults,
+    batch_result_columns,
+    item_seeds,
+    make_batch,
+    retry_item,
+    seed_kind,
+    values_of,
+)
 from .exceptions import InfrastructureError, Interrupted
 
-SLOT = struct.Struct("qdq")  # item index, its start (time.monotonic), 1 while running it
+SLOT = struct.Struct(
+    "qdqq"
+)  # row, its start (time.monotonic), 1 while running it, rows in the call
 STOP_AT = SLOT.size  # one more byte: the parent sets it to ask the child to stop after this item
 SLOT_BYTES = SLOT.size + 1
 RUNNING, IDLE = 1, 0
@@ -78,7 +90,7 @@ class Child:
         self.conn = Connection(ours.detach())
         self.functions: set[str] = set()
 
-    def read_slot(self) -> tuple[int, float, int]:
+    def read_slot(self) -> tuple[int, float, int, int]:
         return SLOT.unpack_from(self.slot, 0)
 
     def alive(self) -> bool:
@@ -123,6 +135,11 @@ def _drop_child() -> None:
     if child is not None:
         child.close()
         _local.child = None
+
+
+def start_thread_child() -> None:
+    """Start this thread's child process (it imports for a while: start it early)."""
+    _child()
 
 
 def close_thread_child() -> None:
@@ -175,6 +192,7 @@ class Death:
     culprit: int | None
     reason: str
     seconds: float = 0.0
+    block: int = 1  # rows in the call that was running (a batch function's block)
 
 
 class IsolatedRun:
@@ -234,6 +252,7 @@ class IsolatedRun:
         self.item_deaths: dict[int, int] = {}
         self.last_run_s: dict[int, float] = {}  # how long a culprit ran before its process died
         self.received = 0  # rows 0..received-1 have their results
+        self.single_until = 0  # rows before this run one per call (a block died there)
         deadline = time.monotonic() + probe_seconds if probe_seconds is not None else None
         deaths = 0
         stop = n
@@ -255,7 +274,11 @@ class IsolatedRun:
             if self.aborted:
                 raise Interrupted("the run was stopped while this partition's items ran")
             deaths += 1
-            self._blame(outcome)
+            if outcome.block > 1 and outcome.culprit is not None:
+                # a block of rows died: run them one by one to find which row did it
+                self.single_until = max(self.single_until, outcome.culprit + outcome.block)
+            else:
+                self._blame(outcome)
             if deaths >= self.max_deaths:
                 self._give_up(deaths, outcome.reason, stop)
                 break
@@ -299,7 +322,7 @@ class IsolatedRun:
             child.conn.send(("function", self.function_key, self.function))
             child.functions.add(self.function_key)
         skip = {k - start: why for k, why in self.skip.items() if k >= start}
-        SLOT.pack_into(child.slot, 0, -1, 0.0, IDLE)  # "no item started yet in this run"
+        SLOT.pack_into(child.slot, 0, -1, 0.0, IDLE, 1)  # "no item started yet in this run"
         child.slot[STOP_AT] = 0
         child.conn.send(
             (
@@ -314,6 +337,8 @@ class IsolatedRun:
                 skip,
                 budget,
                 flush,
+                # with a timeout, every row is its own call: a timeout is per item
+                params.num_rows if self.timeout is not None else max(0, self.single_until - start),
             )
         )
 
@@ -331,7 +356,7 @@ class IsolatedRun:
                 continue
             if not child.alive():
                 return self._died(child, start)
-            k, began, state = child.read_slot()
+            k, began, state, rows = child.read_slot()
             if k >= 0:
                 self.running_row = start + k
                 if self.first_item_at is None:
@@ -356,6 +381,7 @@ class IsolatedRun:
                     f"worker process died (killed: over the memory limit of {limit}) while"
                     " running this item",
                     ran,
+                    rows,
                 )
 
     def _receive(self, msg: tuple[Any, ...], start: int) -> int | None:
@@ -397,7 +423,7 @@ class IsolatedRun:
         except subprocess.TimeoutExpired:
             child.kill()
         self._drain(child, start)
-        k, began, state = child.read_slot()
+        k, began, state, rows = child.read_slot()
         code = child.proc.returncode
         _drop_child()
         if k < 0:
@@ -410,6 +436,7 @@ class IsolatedRun:
             culprit,
             f"worker process died ({describe_exit(code)}) while running this item",
             time.monotonic() - began,
+            rows,
         )
 
     def _blame(self, death: Death) -> None:
@@ -478,11 +505,14 @@ def run_child_items(
     skip: dict[int, str],
     budget: float | None,
     flush: float = FLUSH_SECONDS,
+    single_until: int = 0,
 ) -> int:
-    """The child's loop: publish each item in the slot, send results in batches; rows run.
+    """The child's loop: publish each call in the slot, send results in batches; rows run.
 
-    A batch goes back every ``flush`` seconds (0: after every item). A ``batch``
-    function is called with one row at a time here, so a death names its item.
+    A batch goes back every ``flush`` seconds (0: after every call). A ``batch``
+    function gets blocks of rows growing from one, four times each; rows before
+    ``single_until`` (where a block's process died) get a call each, so a death
+    names its item.
     """
     clock = time.monotonic
     first, values, errors, attempts, durations = 0, [], {}, {}, []
@@ -490,36 +520,75 @@ def run_child_items(
     deadline = last_flush + budget if budget is not None else None
     plan = CallPlan(fn, call, params, items, seed, batch_format)
     g = plan.fn
-    k = -1
-    for k in range(plan.n):
+    blocks = _Blocks(fn, params, items, seed, batch_format) if call == "batch" else None
+    size = 1
+    k = 0
+    n = plan.n
+    while k < n:
         t0 = clock()
+        m = 1
         if k in skip:
-            r = None
+            rs: list[Any] = [None]
             errors[k - first] = skip[k]
         else:
-            SLOT.pack_into(slot, 0, k, t0, RUNNING)
-            args = plan.args_at(k)
-            try:
-                r = g(*args)
-            except Exception as e:
-                r, tries, err = retry_item(g, args, {}, retries, e)
-                if err is not None:
-                    errors[k - first] = err
-                attempts[k - first] = tries
+            if blocks is not None and k >= single_until:
+                m = min(size, n - k, min((j for j in skip if j > k), default=n) - k)
+                size = min(size * 4, MAX_BLOCK)
+            SLOT.pack_into(slot, 0, k, t0, RUNNING, m)
+            got = blocks.call(k, k + m) if blocks is not None and m > 1 else None
+            if got is not None:
+                rs = got
+            else:
+                rs = []
+                for j in range(k, k + m):
+                    args = plan.args_at(j)
+                    try:
+                        r = g(*args)
+                    except Exception as e:
+                        r, tries, err = retry_item(g, args, {}, retries, e)
+                        if err is not None:
+                            errors[j - first] = err
+                        attempts[j - first] = tries
+                    rs.append(r)
         t1 = clock()
-        SLOT.pack_into(slot, 0, k, t1, IDLE)
-        values.append(r)
-        durations.append(t1 - t0)
+        SLOT.pack_into(slot, 0, k + m - 1, t1, IDLE, 1)
+        values.extend(rs)
+        durations.extend([(t1 - t0) / m] * m)
+        k += m
         over = (deadline is not None and t1 >= deadline) or slot[STOP_AT] != 0
         if over or t1 - last_flush >= flush:
             _send_batch(conn, ("batch", first, values, errors, attempts, durations))
-            first, values, errors, attempts, durations = k + 1, [], {}, {}, []
+            first, values, errors, attempts, durations = k, [], {}, {}, []
             last_flush = t1
         if over:
             break
     if values:
         _send_batch(conn, ("batch", first, values, errors, attempts, durations))
-    return k + 1
+    return k
+
+
+@dataclass
+class _Blocks:
+    """A ``batch`` function's calls on blocks of rows, in the child; None when one raised."""
+
+    fn: Callable[..., Any]
+    params: pa.Table
+    items: np.ndarray
+    seed: int
+    batch_format: str
+
+    def __post_init__(self) -> None:
+        names = self.params.column_names
+        self.arrays = {name: self.params.column(name).to_numpy() for name in names}
+        self.seeds = item_seeds(self.seed, self.items) if seed_kind(self.fn, names) else None
+
+    def call(self, a: int, b: int) -> list[Any] | None:
+        try:
+            kw = {} if self.seeds is None else {"seed": self.seeds[a:b]}
+            batch = make_batch({k: v[a:b] for k, v in self.arrays.items()}, self.batch_format)
+            return values_of([batch_result_columns(self.fn(batch, **kw), b - a)])
+        except Exception:
+            return None  # the caller runs the rows one by one: each gets its own error
 
 
 def main(argv: list[str]) -> int:
@@ -542,10 +611,10 @@ def main(argv: list[str]) -> int:
             except Exception as e:
                 conn.send(("error", f"cannot load the function here: {type(e).__name__}: {e}"))
             continue
-        _, key, call, batch_format, params, items, seed, retries, skip, budget, flush = msg
+        _, key, call, batch_format, params, items, seed, retries, skip, budget, flush, single = msg
         ran = run_child_items(
             conn, slot, functions[key], call, batch_format, params, items, seed, retries, skip,
-            budget, flush,
+            budget, flush, single,
         )  # fmt: skip
         conn.send(("done", ran))
 

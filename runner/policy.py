@@ -23,7 +23,7 @@ class PartitionSizing:
     """
 
     target_seconds: float = 10.0
-    min_seconds: float = 0.5
+    min_seconds: float = 0.25
     tail_factor: float = 2.0
     max_items: int = 1_000_000
 
@@ -117,17 +117,21 @@ class RetryPolicy:
 class InlinePolicy:
     """When the runner should start the cluster instead of running the items itself.
 
-    The runner runs the probe in its own (isolated) child process first. A sweep whose
-    estimated work is at most ``max_seconds`` is finished there, with no cluster; a
-    bigger one starts the cluster as soon as the estimate says so (after
-    ``decide_after`` seconds of items), and the probe goes on while it starts.
+    The runner runs the probe in its own (isolated) child process first. A sweep of at
+    most ``max_items`` items whose estimated work is at most ``max_seconds`` is finished
+    there, with no cluster (the runner holds a partition's results: ``max_items`` keeps
+    its memory small); a bigger one starts the cluster as soon as the estimate says so
+    (after ``decide_after`` seconds of items), and the probe goes on while it starts.
     """
 
     max_seconds: float = 3.0
-    decide_after: float = 0.2
+    max_items: int = 200_000
+    decide_after: float = 0.05
 
     def start_cluster(self, n_items: int, done: int, elapsed: float) -> bool:
         """Whether the cluster is needed, after ``done`` items took ``elapsed`` seconds."""
+        if n_items > self.max_items:
+            return True
         if elapsed >= self.max_seconds:
             return done < n_items
         if done == 0 or elapsed < self.decide_after:
@@ -136,4 +140,4 @@ class InlinePolicy:
 
     def finish_inline(self, items_left: int, seconds_per_item: float) -> bool:
         """Whether what is left after the probe is small enough to run without a cluster."""
-        return items_left * seconds_per_item <= self.max_seconds
+        return items_left <= self.max_items and items_left * seconds_per_item <= self.max_seconds

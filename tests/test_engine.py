@@ -441,3 +441,17 @@ def test_kwargs_bind_by_name_whatever_the_order(client, tmp_path):
     run(client, tmp_path / "k", function="tests.funcs:keyword_only")
     df = pd.read_parquet(tmp_path / "k")
     np.testing.assert_allclose(df["result"], df["a"] - df["b"])
+
+
+def test_isolated_batches_run_in_blocks_and_a_dying_block_finds_its_rows(client, tmp_path):
+    out = tmp_path / "out"
+    report = run(
+        client, out, function="tests.funcs:batch_crash_on_a3", call="batch",
+        isolation="process", max_failures=4, partition_size=10,
+    )  # fmt: skip
+    assert report.errors == 4 and report.ok == 16
+    df = pd.read_parquet(out).sort_values("item")
+    bad = df[df["status"] == "error"]
+    assert (bad["a"] == 3).all() and bad["error"].str.contains("exit code 1").all()
+    good = df[df["status"] == "ok"]
+    np.testing.assert_allclose(good["result"], good["a"] * 10)

@@ -52,13 +52,15 @@ def test_partition_sizing_caps_then_tapers_so_every_slot_finishes_together():
 
 
 def test_inline_policy_keeps_small_sweeps_off_the_cluster():
-    p = InlinePolicy(max_seconds=3.0, decide_after=0.2)
+    p = InlinePolicy(max_seconds=3.0, max_items=200_000, decide_after=0.2)
     assert not p.start_cluster(10, 5, 0.01)  # too early to tell
     assert not p.start_cluster(1000, 100, 0.25)  # 2.5 s in all: finish here
     assert p.start_cluster(100_000, 100, 0.25)  # 250 s: start the cluster
     assert p.start_cluster(10, 0, 3.0)  # the first item alone takes 3 s
     assert not p.start_cluster(10, 10, 3.5)  # ... but all are done
     assert p.finish_inline(1000, 1e-3) and not p.finish_inline(10_000, 1e-3)
+    # past max_items the runner would hold too many results: the cluster starts at once
+    assert p.start_cluster(300_000, 0, 0.0) and not p.finish_inline(300_000, 1e-9)
 
 
 def test_scaling_policy_follows_remaining_work():
