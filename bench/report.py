@@ -143,7 +143,9 @@ def markdown(records: list[dict[str, Any]]) -> str:
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "|".join("---:" if right[c] else "---" for c in COLUMNS) + "|",
     ]
-    lines += ["| " + " | ".join(cells) + " |" for cells in rows(records)]
+    lines += [
+        "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in rows(records)
+    ]
     return "\n".join(lines)
 
 
