@@ -142,7 +142,7 @@ def run_child(contender: str, task: Task, timeout: float, env: dict[str, str]) -
                 os.killpg(proc.pid, signal.SIGKILL)  # the child's workers and helpers too
             proc.wait()
     if timed_out:
-        return {"status": "timeout", "reason": f"stopped after {timeout:.0f} s"}
+        return {"status": "timeout", "reason": f"stopped after {timeout:g} s"}
     if not record.exists():
         tail = _tail(log)
         return {
@@ -203,29 +203,65 @@ def measure(
     return {**base, **chosen, **({"walls": walls} if len(runs) > 1 else {})}
 
 
-def run_all(groups: list[Group], timeout: float | None) -> list[dict[str, Any]]:
-    """Measure every entry of ``groups`` one after the other; their records in that order."""
+def child_env(scratch: Path) -> dict[str, str]:
+    """The environment of every contender process: ``bench`` importable, and nothing else.
+
+    Not the repository root on ``PYTHONPATH``: its ``runner`` would shadow the installed one,
+    and the ``sweep`` under test is the installed CLI and package. So ``scratch`` gets a
+    link to ``bench/`` alone. Dask dashboards go to a random port.
+    """
+    path = scratch / "pythonpath"
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "bench").symlink_to(ROOT / "bench", target_is_directory=True)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(path), env.get("PYTHONPATH")) if p)
     env["DASK_SWEEP__LOCAL__DASHBOARD_ADDRESS"] = ":0"
+    return env
+
+
+def runner_under_test(env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    """Where the contenders' ``runner`` package comes from, and that tree's git commit."""
+    code = "import runner, pathlib; print(pathlib.Path(runner.__file__).parent.parent)"
+    found = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True
+    )
+    if found.returncode != 0:
+        return {"path": None}
+    tree = found.stdout.strip()
+
+    def git(*args: str) -> str | None:
+        out = subprocess.run(
+            ["git", "--no-optional-locks", "-C", tree, *args], capture_output=True, text=True
+        )
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "path": tree,
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "uncommitted_changes": bool(status) if status is not None else None,
+    }
+
+
+def run_all(
+    groups: list[Group], timeout: float | None, env: dict[str, str], scratch: Path
+) -> list[dict[str, Any]]:
+    """Measure every entry of ``groups`` one after the other; their records in that order."""
     needs_s3 = any(e.io == "s3" for g in groups for e in g.entries)
     records: list[dict[str, Any]] = []
-    with (
-        tempfile.TemporaryDirectory(prefix="sweep-bench-") as tmp,
-        s3_server() if needs_s3 else contextlib.nullcontext() as s3env,
-    ):
+    with s3_server() if needs_s3 else contextlib.nullcontext() as s3env:
         uploaded: set[str] = set()
         for g in groups:
             for e in g.entries:
-                workdir = Path(tmp) / f"{len(records):03d}"
-                child_env: dict[str, str] | None = env
+                workdir = scratch / f"{len(records):03d}"
+                entry_env: dict[str, str] | None = env
                 if e.io == "s3":
-                    child_env = {**env, **s3env} if s3env else None
+                    entry_env = {**env, **s3env} if s3env else None
                     task = task_for(g, e, workdir, g.size(e))
                     if s3env and task.params_url not in uploaded:
                         upload_params(task)
                         uploaded.add(str(task.params_url))
-                records.append(measure(g, e, workdir, child_env, timeout))
+                records.append(measure(g, e, workdir, entry_env, timeout))
                 print(_progress(records[-1]), file=sys.stderr, flush=True)
     return records
 
@@ -286,7 +322,10 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_start": os.getloadavg()[0],
     }
     t0 = time.perf_counter()
-    results["records"] = run_all(groups, args.timeout)
+    with tempfile.TemporaryDirectory(prefix="sweep-bench-") as tmp:
+        env = child_env(Path(tmp))
+        results["runner"] = runner_under_test(env, Path(tmp))
+        results["records"] = run_all(groups, args.timeout, env, Path(tmp))
     results["total_s"] = time.perf_counter() - t0
     results["loadavg_end"] = os.getloadavg()[0]
     report.add_ratios(results["records"])

@@ -154,10 +154,13 @@ def summary_line(results: dict[str, Any]) -> str:
     m = results["machine"]
     load = results["loadavg_start"]
     command = " ".join(["python -m bench", *results["argv"]])
+    runner = results["runner"]
+    changes = " + uncommitted changes" if runner.get("uncommitted_changes") else ""
     return (
         f"`{command}` on {results['started']}: {m['cores']} cores ({m['cpu']}), Python {m['python']},"
         f" dask {m['versions']['dask']}, pyarrow {m['versions']['pyarrow']},"
         f" ray {m['versions']['ray'] or 'not installed'};"
+        f" sweep from {runner['path']} at {runner.get('commit')}{changes};"
         f" 1-min load average {load:.2f} at the start, {results['loadavg_end']:.2f} at the end;"
         f" {results['total_s']:.0f} s in all."
     )

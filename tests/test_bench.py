@@ -93,3 +93,33 @@ def test_quick_run_measures_every_contender(tmp_path: Path) -> None:
         assert name in proc.stdout  # the table
     assert records["handwritten"]["ratio"] == 1.0
     assert records["handwritten"]["tasks"] >= 20  # one per partition, at least
+
+
+def test_child_records_failures_skips_and_short_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench import child
+    from bench.contenders import CONTENDERS
+    from bench.task import Outcome, Skipped, Task, generate, prepare_output, write_partition
+    from bench.workloads import UNIFORM4
+
+    task = Task("W1", "zero", 10, UNIFORM4, str(tmp_path / "out"), str(tmp_path), partitions=2)
+
+    def boom(t: Task) -> Outcome:
+        raise ValueError("no")
+
+    def skip(t: Task) -> Outcome:
+        raise Skipped("lib not installed")
+
+    def short(t: Task) -> Outcome:
+        prepare_output(t.output)
+        write_partition(t.output, 0, generate(t, 0, 5), [0.0] * 5)
+        return Outcome()
+
+    for name, fn in [("boom", boom), ("skip", skip), ("short", short)]:
+        monkeypatch.setitem(CONTENDERS, name, fn)
+    assert child.run("boom", task) == {"status": "failed", "reason": "ValueError: no"}
+    assert child.run("skip", task) == {"status": "skipped", "reason": "lib not installed"}
+    assert child.run("short", task) == {"status": "failed", "reason": "wrote 5 rows for 10 items"}
+    ok = child.run("loop", task)
+    assert ok["status"] == "ok" and ok["output_rows"] == 10 and ok["items_per_s"] > 0
