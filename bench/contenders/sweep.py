@@ -112,12 +112,10 @@ def run_cli(task: Task, call: str, isolation: str = "auto") -> Outcome:
     else:
         rss, source = None, "none"
     keep = ("wall_s", "partitions", "items_per_s", "isolated_partitions")
-    return Outcome(
-        tasks=report.get("tasks"),
-        peak_rss_mb=rss,
-        rss_source=source,
-        extra={"report": {k: report[k] for k in keep if k in report}},
-    )
+    extra: dict[str, Any] = {"report": {k: report[k] for k in keep if k in report}}
+    if poller is not None:
+        extra["rss_polled_mb"] = poller.peak_mb  # a cross-check of the report's peak
+    return Outcome(tasks=report.get("tasks"), peak_rss_mb=rss, rss_source=source, extra=extra)
 
 
 def sweep_kwargs(task: Task) -> Outcome:
