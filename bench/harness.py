@@ -277,13 +277,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="smaller N, about a minute")
+    mode.add_argument("--quick", action="store_true", help="smaller N, a minute or two")
     mode.add_argument("--full", action="store_true", help="10^8 in W3, more at 3x10^7")
     ap.add_argument("--only", help="workloads, e.g. W1,W5")
     ap.add_argument("--contenders", help=f"contenders, of: {','.join(CONTENDERS)}")
     ap.add_argument("--items", type=int, help="run every group at this N instead")
     ap.add_argument("--timeout", type=float, help="seconds per contender (default: by N)")
-    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results.json")
+    ap.add_argument(
+        "--results", type=Path, default=ROOT / "bench" / "results.json", help="the JSON file"
+    )
     ap.add_argument(
         "--write-readme", action="store_true", help="put the table into bench/README.md"
     )
