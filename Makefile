@@ -4,13 +4,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TESTSTAMP := $(VENV)/.installed-test
+BENCHSTAMP := $(VENV)/.installed-bench
 
-.PHONY: help install demo test test-fast lint format bench image kube-up test-kind clean
+.PHONY: help install demo test test-fast lint format bench bench-quick image kube-up test-kind clean
 
 help:
 	@echo "make demo   - install and run examples/montecarlo.yaml on a local Dask cluster"
 	@echo "make test   - install test extras and run the whole suite (what CI runs)"
-	@echo "make lint | format | bench | image | kube-up | test-kind | clean"
+	@echo "make bench  - every contender side by side on workloads W1-W6 (bench/README.md; ~10 min)"
+	@echo "make bench-quick - the same at small N, about a minute"
+	@echo "make lint | format | image | kube-up | test-kind | clean"
 	@echo "make test-kind - the kube e2e tests (pytest -m kube) on a real cluster such as kind; set"
 	@echo "    SWEEP_TEST_KUBECONFIG  the cluster's kubeconfig (the Dask operator installed in it)"
 	@echo "    SWEEP_TEST_IMAGE       the sweep-runner image the cluster can run (kind load docker-image)"
@@ -27,6 +30,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 $(TESTSTAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@ $(STAMP)
+
+$(BENCHSTAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $@ $(TESTSTAMP) $(STAMP)
 
 install: $(STAMP)
 
@@ -49,8 +56,11 @@ format: $(TESTSTAMP)
 	$(BIN)/ruff format runner tests examples bench
 	$(BIN)/ruff check --fix runner tests examples bench
 
-bench: $(TESTSTAMP)
+bench: $(BENCHSTAMP)
 	$(BIN)/python -m bench
+
+bench-quick: $(BENCHSTAMP)
+	$(BIN)/python -m bench --quick
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 

@@ -1,10 +1,11 @@
-"""``make bench``: run the benchmarks there are (so far: what isolation costs per item)."""
+"""``make bench``: ``python -m bench`` (see :mod:`bench.harness`; ``python -m bench.isolation``
+measures what isolating items costs on its own)."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import isolation
+from bench.harness import main
 
 if __name__ == "__main__":
-    sys.exit(isolation.main(sys.argv[1:]))
+    sys.exit(main())
