@@ -49,11 +49,17 @@ class PartitionSizing:
         add(cap, max(0, math.floor((left - cap * share) / cap)))
         while left > 0:
             want = math.ceil(left / share)
-            if want <= floor:
+            if want > floor:
+                add(min(cap, want), 1)
+                continue
+            if left >= floor * slots:
                 add(floor, left // floor)
                 add(left, 1 if left else 0)
-                break
-            add(min(cap, want, left), 1)
+            else:  # less than a floor-sized partition per slot: split it evenly, one each
+                k = min(max(1, slots), left)
+                q, r = divmod(left, k)
+                add(q + 1, r)
+                add(q, k - r)
         return runs
 
 
