@@ -10,15 +10,8 @@ Python API::
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-try:
-    __version__ = version("sweep-runner")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0+unknown"
-
-from . import config  # noqa: F401 - registers the sweep.* defaults in dask.config
 from .exceptions import (
     FailureBudgetExceeded,
     InfrastructureError,
@@ -33,7 +26,8 @@ from .exceptions import (
 )
 
 # The API is imported on first use: `sweep --help` and the isolated item processes
-# (runner.isolate) need none of it.
+# (runner.isolate) need none of it. Nothing here imports dask (runner.config registers
+# its defaults on first use), so `import runner` stays a few milliseconds.
 _LAZY = {
     "sweep": "api",
     "load_results": "api",
@@ -43,7 +37,21 @@ _LAZY = {
 }
 
 
+def _version() -> str:
+    # lazy: importlib.metadata and the look-up take 20-30 ms; only manifests and the
+    # Kubernetes objects need the version
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sweep-runner")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0+unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        globals()["__version__"] = value = _version()
+        return value
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     try:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import dask.config
-
 DEFAULTS: dict[str, Any] = {
     "sweep": {
         "partition": {
@@ -48,9 +46,31 @@ DEFAULTS: dict[str, Any] = {
     }
 }
 
-dask.config.update_defaults(DEFAULTS)
+_registered = False
+
+
+def register() -> None:
+    """Add :data:`DEFAULTS` to dask.config's defaults (once; values already set are kept)."""
+    global _registered
+    if not _registered:
+        # lazy: importing dask takes 0.15 s, and `sweep --help`, `sweep validate` and the
+        # isolated item processes (runner.isolate) read no tunable
+        import dask.config
+
+        dask.config.update_defaults(DEFAULTS)
+        _registered = True
 
 
 def get(key: str) -> Any:
-    """``dask.config.get('sweep.' + key)``."""
-    return dask.config.get(f"sweep.{key}")
+    """``dask.config.get('sweep.' + key)``; the defaults are registered on first use.
+
+    A key missing from dask.config falls back to :data:`DEFAULTS` (a ``dask.config.set``
+    block that ran before the registration removes its keys on exit, defaults included).
+    """
+    register()
+    import dask.config  # lazy: see register(); a dict look-up once dask is loaded
+
+    default: Any = DEFAULTS["sweep"]
+    for part in key.split("."):
+        default = default[part]
+    return dask.config.get(f"sweep.{key}", default=default)

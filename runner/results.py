@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .exceptions import SourceError, SweepError
 from .store import ITEM, ITEM_ERROR, OUTPUT_COLUMNS, STATUS_COLUMNS, Store
@@ -31,24 +33,26 @@ def _open(
 def load_table(
     url: str, storage_options: dict[str, Any] | None = None, columns: list[str] | None = None
 ) -> pa.Table:
-    """All finished partitions as one Arrow table, ordered by ``item``."""
-    import pyarrow.dataset as ds
+    """All finished partitions as one Arrow table, ordered by ``item``.
 
+    Partitions agree on schema by construction (the probe fixes it); where they do not
+    (e.g. a sweep whose probe items all failed wrote null-typed result columns), the
+    types are unified. Each file is read on its own (in parallel, storage failures
+    retried like every storage call): ``pyarrow.dataset`` would import pandas, which
+    ``sweep results`` does not need without ``--csv``/``--plot``.
+    """
     store, _, parts = _open(url, storage_options)
     if not parts:
-        return pa.table({"item": pa.array([], pa.int64())})
+        return pa.table({"item": pa.nulls(0, pa.int64())})
     paths = [parts[i] for i in sorted(parts)]
-    # Partitions agree on schema by construction (the probe fixes it), so read with the
-    # first file's schema; only if that fails (e.g. a sweep whose probe items all failed
-    # wrote null-typed result columns) read every footer and unify.
-    dataset = ds.dataset(paths, format="parquet", filesystem=store.fs)
-    try:
-        table = dataset.to_table(columns=columns)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        schemas = [f.physical_schema for f in dataset.get_fragments()]
-        schema = pa.unify_schemas(schemas, promote_options="permissive").remove_metadata()
-        dataset = ds.dataset(paths, format="parquet", filesystem=store.fs, schema=schema)
-        table = dataset.to_table(columns=columns)
+    with ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
+        tables = list(pool.map(lambda p: store.read_partition(p, columns), paths))
+    table = pa.concat_tables(tables, promote_options="permissive")
+    if columns is not None:
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise SourceError(f"{url}: no column {missing} in the sweep output")
+        table = table.select(columns)
     if "item" in table.column_names:
         table = table.sort_by("item")
     return table
@@ -84,8 +88,6 @@ def result_columns(table_schema: pa.Schema, manifest: dict[str, Any] | None) -> 
 
 def summarise(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Counts, completeness, the commonest errors and ``describe()`` of the result columns."""
-    import pyarrow.compute as pc
-
     store, manifest, parts = _open(url, storage_options)
     counts = store.partition_counts()
     ok = sum(c.ok for c in counts)
@@ -119,19 +121,48 @@ def summarise(url: str, storage_options: dict[str, Any] | None = None) -> dict[s
         return out
     table = load_table(url, storage_options)
     if errors:
-        err = table.filter(pc.equal(table["status"], ITEM_ERROR))["error"]
+        # not pc.equal(..., ITEM_ERROR): pyarrow converts a Python value to a scalar
+        # only after importing pandas (0.2-0.4 s) to check that it is no pandas object
+        failed = pc.match_substring_regex(table["status"], f"^{ITEM_ERROR}$")
+        err = table.filter(failed)["error"]
         vc = pc.value_counts(err).to_pylist()
         vc.sort(key=lambda d: -d["counts"])
         out["top_errors"] = [{"error": d["values"], "count": d["counts"]} for d in vc[:5]]
-    cols = result_columns(table.schema, manifest)
-    if cols:
-        df = table.select(cols).to_pandas()
-        num = df.select_dtypes("number")
-        if not num.empty:
-            out["describe"] = {
-                c: {k: _num(v) for k, v in s.items()} for c, s in num.describe().to_dict().items()
-            }
+    for c in result_columns(table.schema, manifest):
+        stats = describe(table[c])
+        if stats is not None:
+            out["describe"][c] = stats
     return out
+
+
+def describe(column: pa.ChunkedArray) -> dict[str, float | None] | None:
+    """pandas' ``describe()`` of a numeric column, computed in Arrow (no pandas import).
+
+    Integers and floats only: ``None`` for every other type (booleans and strings, as
+    pandas' ``select_dtypes("number")``; durations too, which pandas would describe).
+    NaN and nulls are skipped, ``std`` has one degree of freedom, quartiles interpolate
+    linearly (as ``numpy.percentile``); a statistic without a value (no values, the
+    ``std`` of one value) is ``None``.
+    """
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+        return None
+    if pa.types.is_float16(column.type):  # no Arrow kernel computes on half floats
+        column = column.cast(pa.float32())
+    if pa.types.is_floating(column.type):  # skip NaN (a filter: pa.scalar imports pandas)
+        column = column.filter(pc.invert(pc.is_nan(column)))
+    low, high = pc.min_max(column).values()
+    q25, q50, q75 = pc.quantile(column, q=[0.25, 0.5, 0.75], interpolation="linear").to_pylist()
+    stats = {
+        "count": pc.count(column).as_py(),
+        "mean": pc.mean(column).as_py(),
+        "std": pc.stddev(column, ddof=1).as_py(),
+        "min": low.as_py(),
+        "25%": q25,
+        "50%": q50,
+        "75%": q75,
+        "max": high.as_py(),
+    }
+    return {k: _num(v) for k, v in stats.items()}
 
 
 def _num(v: Any) -> Any:
