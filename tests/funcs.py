@@ -6,7 +6,6 @@ import math
 import os
 
 import numpy as np
-import pandas as pd
 
 _attempts: dict[int, int] = {}
 
@@ -119,6 +118,8 @@ def batch_fails_on_a3(batch):
 
 def batch_stats_frame(batch, seed):
     """A DataFrame of two result columns, and the per-row seeds as a third."""
+    import pandas as pd  # lazy: tests/test_imports.py checks what `sweep validate` imports
+
     return pd.DataFrame(
         {"total": batch["a"] + batch["b"], "diff": batch["a"] - batch["b"], "s": seed}
     )
