@@ -401,7 +401,7 @@ class SweepRun:
             SIGINT/SIGTERM; finished partitions are kept, rerun to resume.
         """
         with contextlib.ExitStack() as inline:
-            if self._make_provider().starts_cluster:
+            if self._make_provider().starts_cluster and self.spec.cluster.inline:
                 # its child process starts now: it imports while the spec is checked
                 self.inline = InlineSlot()
                 inline.callback(self._close_inline)

@@ -187,6 +187,9 @@ class ClusterSpec(_Model):
     address: str | None = None
     workers: PositiveInt | None = None
     threads_per_worker: PositiveInt = 1
+    # local and kubernetes: the runner runs the probe in a child process while the cluster
+    # starts, and a sweep of seconds of work entirely; false: every item on the workers
+    inline: bool = True
     kubernetes: KubernetesSpec = KubernetesSpec()
 
     @model_validator(mode="after")

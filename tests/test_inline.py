@@ -124,3 +124,18 @@ def test_ctrl_c_during_an_inline_sweep_keeps_its_partitions_and_resumes(tmp_path
     assert _report(r)["partitions_run"] == 10 - done
     df = runner.load_results(str(out))
     assert df["item"].tolist() == list(range(100)) and (df["status"] == "ok").all()
+
+
+def test_cluster_inline_false_runs_every_item_on_the_workers(tmp_path, cli_env):
+    spec = write_spec(
+        tmp_path / "s.yaml",
+        function="tests.funcs:add",
+        params={"grid": {"a": list(range(10)), "b": [0, 1]}},
+        partition_size="auto",
+        cluster={"inline": False, "workers": 1},
+    )
+    r = sweep("run", spec, "--json", env=_env(cli_env), timeout=90)
+    assert r.returncode == 0, r.stderr
+    report = _report(r)
+    assert report["ok"] == 20 and report["inline_partitions"] == 0
+    assert report["tasks"] == report["partitions_run"] + 1  # and the context task

@@ -188,9 +188,14 @@ def write_spec(
     max_workers: int = 3,
     max_failures: int = 0,
     secret: str | None = SECRET,
+    inline: bool = False,
     **kube: Any,
 ) -> Path:
-    """A spec of ``n`` random items (``n_points`` in 1..3) on ``cluster.kind: kubernetes``."""
+    """A spec of ``n`` random items (``n_points`` in 1..3) on ``cluster.kind: kubernetes``.
+
+    ``inline`` is off by default: these sweeps are small enough for the runner to run them
+    itself, and the tests are about the cluster.
+    """
     kubernetes: dict[str, Any] = {
         "max_workers": max_workers,
         "partitions_per_worker": 2,
@@ -210,7 +215,7 @@ def write_spec(
         "params": {"random": {"n": n, "seed": 1, "columns": {"n_points": {"integers": [1, 4]}}}},
         "partition_size": partition_size,
         "max_failures": max_failures,
-        "cluster": {"kind": "kubernetes", "kubernetes": kubernetes},
+        "cluster": {"kind": "kubernetes", "inline": inline, "kubernetes": kubernetes},
     }
     path.write_text(yaml.safe_dump(spec))
     return path

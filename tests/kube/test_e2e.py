@@ -256,3 +256,32 @@ def test_helm_chart_release(kube_cluster, kube_namespace, s3, s3_server, tmp_pat
     for obj in reversed(created):
         obj.delete(propagation_policy="Background")
     assert_clean(kube_cluster, ns, SWEEP_OBJECT_KINDS)
+
+
+def test_a_small_submitted_sweep_runs_in_the_runner_pod_without_a_dask_cluster(
+    kube_cluster, kube_namespace, s3, s3_server, tmp_path
+):
+    """Seconds of work: the runner Job runs every item itself (in its child process) and
+    never creates a DaskCluster, so no scheduler or worker pod starts."""
+    ns = kube_namespace
+    make_secret(kube_cluster, ns, s3_server)
+    env = sweep_env(kube_cluster)
+    (tmp_path / "sim.py").write_text("def sim(n_points):\n    return n_points * 2\n")
+    spec = write_spec(
+        tmp_path / "spec.yaml", "e2e-inline", n=40, partition_size=10, namespace=ns,
+        function="sim.py:sim", inline=True,
+    )  # fmt: skip
+    out = f"{s3}/inline"
+    try:
+        r = submit(env, spec, "e2e-inline", ns, out, "--wait")
+        assert r.returncode == 0, show(r)
+        df = check_results(out, 40)
+        assert (df["result"] == df["n_points"] * 2).all()
+        logs = sweep(env, "logs", "e2e-inline", "-n", ns, timeout=60)
+        assert "no cluster was started" in logs.stdout, show(logs)
+        assert "DaskCluster" not in logs.stdout, show(logs)
+        assert not kube_cluster.list("daskclusters", ns)
+        pods = [p["metadata"]["name"] for p in kube_cluster.list("pods", ns)]
+        assert not [p for p in pods if "scheduler" in p or "worker" in p], pods
+    finally:
+        sweep(env, "cancel", "e2e-inline", "-n", ns, timeout=120)
