@@ -667,9 +667,7 @@ class SweepRun:
             except SweepError:
                 raise
             except Exception as e:
-                raise InfrastructureError(
-                    f"part-{desc.index:05d} failed: {type(e).__name__}: {e}"
-                ) from e
+                raise _failed(desc, e) from e
             self._record(report, announce=True)
             self._check_budget(early=True)
 
@@ -703,9 +701,7 @@ class SweepRun:
                     except SweepError:
                         raise
                     except Exception as e:
-                        raise InfrastructureError(
-                            f"part-{desc.index:05d} failed: {type(e).__name__}: {e}"
-                        ) from e
+                        raise _failed(desc, e) from e
                     self._record(report, announce=probe_seconds is None)
                     out.append(report)
                     remaining -= 1
@@ -1002,6 +998,11 @@ def run_sweep(
     return SweepRun(
         spec, client=client, overwrite=overwrite, progress=progress, provider=provider
     ).run()
+
+
+def _failed(desc: Descriptor, e: Exception) -> InfrastructureError:
+    """A partition task that raised something other than a sweep error: the infrastructure's."""
+    return InfrastructureError(f"part-{desc.index:05d} failed: {type(e).__name__}: {e}")
 
 
 def peak_rss_mb() -> float:
