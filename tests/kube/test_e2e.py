@@ -44,16 +44,17 @@ def test_run_on_kubernetes(kube_cluster, kube_namespace, s3, s3_server, tmp_path
     make_secret(kube_cluster, ns, s3_server)
     n, size, slow = 120, 10, 3.0
     # The operator's autoscaler acts on a 5 s timer and waits 15 s after each change, so
-    # the sweep's tail is made long: the last 10 items take 3 s each, the others 0.1 s.
-    # Two workers come up for the body; for the last partition the policy lowers the
-    # maximum to one, and the operator retires the idle worker before the sweep ends.
+    # both ends are made long: the body's items take 0.3 s (33 s on one worker: the second
+    # comes up for it), the last 10 items 3 s each. Partitions run in order, so for the
+    # last one the policy lowers the maximum to one, and the operator retires the idle
+    # worker before the sweep ends.
     spec = write_spec(
         tmp_path / "spec.yaml",
         "e2e-run",
         n=n,
         partition_size=size,
         namespace=ns,
-        function=slow_command("0.1", tail=(n - size, slow)),
+        function=slow_command("0.3", tail=(n - size, slow)),
         call="command",
         max_workers=2,
     )
