@@ -328,9 +328,6 @@ class CallPlan:
             return []
         return [iter(c) for c in self.columns]
 
-    def __call__(self, k: int) -> Any:
-        return self.fn(*self.args_at(k))
-
 
 def _positional_order(fn: Callable[..., Any], names: Sequence[str]) -> list[int] | None:
     """Column order that passes ``names`` by position, if they are ``fn``'s leading arguments."""
