@@ -298,7 +298,6 @@ class CallPlan:
             names.append(ITEM)
         self.n = params.num_rows
         self.columns = cols
-        self.call = call
         self.fn: Callable[..., Any]
         self.rows = False  # one argument per call: the list of the row's values
         if call == "row" and not kind:
@@ -563,8 +562,7 @@ def run_batch(
     each item keeps its own error.
     """
     n = params.num_rows
-    arrays = {name: params.column(name).to_numpy() for name in params.column_names}
-    seeds = item_seeds(seed, items) if seed_kind(fn, params.column_names) else None
+    calls = BatchBlocks(fn, params, items, seed, batch_format)
     blocks: list[dict[str, pa.Array]] = []
     each: ItemResults | None = None  # once one block ran per item, all results are values
     durations: list[float] = []
@@ -573,12 +571,7 @@ def run_batch(
     while start < n:
         stop = min(n, start + size)
         t0 = clock()
-        try:
-            kw = {} if seeds is None else {"seed": seeds[start:stop]}
-            batch = make_batch({k: a[start:stop] for k, a in arrays.items()}, batch_format)
-            cols: dict[str, pa.Array] | None = batch_result_columns(fn(batch, **kw), stop - start)
-        except Exception:
-            cols = None
+        cols = calls.columns(start, stop)
         took = clock() - t0
         if cols is not None and each is None:
             blocks.append(cols)
@@ -609,6 +602,31 @@ def run_batch(
     if columns is None:  # blocks disagree on columns or types: let the per-item checks say how
         return ItemResults(values_of(blocks), durations=durations)
     return ItemResults([], durations=durations, columns=columns, rows=start)
+
+
+@dataclass
+class BatchBlocks:
+    """A ``batch`` function called on blocks of a partition's rows."""
+
+    fn: Callable[..., Any]
+    params: pa.Table
+    items: np.ndarray
+    seed: int
+    batch_format: str
+
+    def __post_init__(self) -> None:
+        names = self.params.column_names
+        self.arrays = {name: self.params.column(name).to_numpy() for name in names}
+        self.seeds = item_seeds(self.seed, self.items) if seed_kind(self.fn, names) else None
+
+    def columns(self, a: int, b: int) -> dict[str, pa.Array] | None:
+        """The result columns of rows ``a..b-1``; None when the call raised or misfit."""
+        try:
+            kw = {} if self.seeds is None else {"seed": self.seeds[a:b]}
+            batch = make_batch({k: v[a:b] for k, v in self.arrays.items()}, self.batch_format)
+            return batch_result_columns(self.fn(batch, **kw), b - a)
+        except Exception:
+            return None  # the caller runs the rows one by one: each gets its own error
 
 
 def _append(res: ItemResults, more: ItemResults, offset: int) -> None:

@@ -46,13 +46,10 @@ import pyarrow as pa
 
 from .calls import (
     MAX_BLOCK,
+    BatchBlocks,
     CallPlan,
     ItemResults,
-    batch_result_columns,
-    item_seeds,
-    make_batch,
     retry_item,
-    seed_kind,
     values_of,
 )
 from .exceptions import InfrastructureError, Interrupted
@@ -520,7 +517,7 @@ def run_child_items(
     deadline = last_flush + budget if budget is not None else None
     plan = CallPlan(fn, call, params, items, seed, batch_format)
     g = plan.fn
-    blocks = _Blocks(fn, params, items, seed, batch_format) if call == "batch" else None
+    blocks = BatchBlocks(fn, params, items, seed, batch_format) if call == "batch" else None
     size = 1
     k = 0
     n = plan.n
@@ -535,9 +532,9 @@ def run_child_items(
                 m = min(size, n - k, min((j for j in skip if j > k), default=n) - k)
                 size = min(size * 4, MAX_BLOCK)
             SLOT.pack_into(slot, 0, k, t0, RUNNING, m)
-            got = blocks.call(k, k + m) if blocks is not None and m > 1 else None
+            got = blocks.columns(k, k + m) if blocks is not None and m > 1 else None
             if got is not None:
-                rs = got
+                rs = values_of([got])
             else:
                 rs = []
                 for j in range(k, k + m):
@@ -565,30 +562,6 @@ def run_child_items(
     if values:
         _send_batch(conn, ("batch", first, values, errors, attempts, durations))
     return k
-
-
-@dataclass
-class _Blocks:
-    """A ``batch`` function's calls on blocks of rows, in the child; None when one raised."""
-
-    fn: Callable[..., Any]
-    params: pa.Table
-    items: np.ndarray
-    seed: int
-    batch_format: str
-
-    def __post_init__(self) -> None:
-        names = self.params.column_names
-        self.arrays = {name: self.params.column(name).to_numpy() for name in names}
-        self.seeds = item_seeds(self.seed, self.items) if seed_kind(self.fn, names) else None
-
-    def call(self, a: int, b: int) -> list[Any] | None:
-        try:
-            kw = {} if self.seeds is None else {"seed": self.seeds[a:b]}
-            batch = make_batch({k: v[a:b] for k, v in self.arrays.items()}, self.batch_format)
-            return values_of([batch_result_columns(self.fn(batch, **kw), b - a)])
-        except Exception:
-            return None  # the caller runs the rows one by one: each gets its own error
 
 
 def main(argv: list[str]) -> int:
