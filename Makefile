@@ -6,14 +6,17 @@ STAMP  := $(VENV)/.installed
 TESTSTAMP := $(VENV)/.installed-test
 BENCHSTAMP := $(VENV)/.installed-bench
 
-.PHONY: help install demo test test-fast lint format bench bench-quick image kube-up test-kind clean
+.PHONY: help install demo test test-fast lint format bench bench-quick image image-test lock kube-up test-kind clean
 
 help:
 	@echo "make demo   - install and run examples/montecarlo.yaml on a local Dask cluster"
 	@echo "make test   - install test extras and run the whole suite (what CI runs)"
 	@echo "make bench  - every contender side by side on workloads W1-W6 (bench/README.md; ~10 min)"
 	@echo "make bench-quick - the same at small N, about a minute"
-	@echo "make lint | format | image | kube-up | test-kind | clean"
+	@echo "make image  - build the runner image with docker or podman (PYTHON_IMAGE=... for another base)"
+	@echo "make image-test - build it and run it as the pods do (podman; part of make test when installed)"
+	@echo "make lock   - regenerate image-requirements.txt from pyproject.toml"
+	@echo "make lint | format | kube-up | test-kind | clean"
 	@echo "make test-kind - the kube e2e tests (pytest -m kube) on a real cluster such as kind; set"
 	@echo "    SWEEP_TEST_KUBECONFIG  the cluster's kubeconfig (the Dask operator installed in it)"
 	@echo "    SWEEP_TEST_IMAGE       the sweep-runner image the cluster can run (kind load docker-image)"
@@ -64,8 +67,24 @@ bench-quick: $(BENCHSTAMP)
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
+# docker when its engine answers, else podman (daemonless: Debian's package works as root)
+ENGINE ?= $(shell if docker info >/dev/null 2>&1; then echo docker; elif command -v podman >/dev/null 2>&1; then echo podman; fi)
+PYTHON_IMAGE ?= python:3.11-slim
+IMAGE ?= sweep-runner:$(VERSION)
+
 image:
-	docker build -t sweep-runner:$(VERSION) -t sweep-runner:latest .
+	@test -n "$(ENGINE)" || { echo "make image: no container engine: install docker, or podman (apt-get install podman)" >&2; exit 2; }
+	$(ENGINE) build --network host --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t $(IMAGE) -t sweep-runner:latest .
+
+# the image as users run it (tests/image): built on a Debian-made base when no registry answers
+image-test: $(TESTSTAMP)
+	$(BIN)/python -m pytest -q -m image tests/image
+
+# image-requirements.txt: the image's pinned dependencies, from pyproject.toml
+lock: | $(BIN)/python
+	$(BIN)/python -m pip install -q "uv>=0.4"
+	$(BIN)/uv pip compile pyproject.toml --extra kubernetes --universal --python-version 3.11 \
+	  --native-tls -q -o image-requirements.txt --custom-compile-command "make lock"
 
 kube-up: $(TESTSTAMP)
 	$(BIN)/python -m tests.kube.cluster

@@ -789,9 +789,9 @@ def _to_array(
         if guess is not None:
             # converting to a known type is 2-4x faster than inferring one
             with contextlib.suppress(pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-                return pa.array(column, type=guess, from_pandas=True)
+                return _array(column, guess)
     try:
-        arr = pa.array(column, type=typ, from_pandas=True)
+        arr = _array(column, typ)
         return _normalise(arr) if typ is None else arr
     except (
         pa.ArrowInvalid,
@@ -808,7 +808,7 @@ def _to_array(
         if v is None:
             continue
         try:
-            pa.array([v], type=typ, from_pandas=True)
+            _array([v], typ)
         except Exception:
             want = f" as {typ}" if typ is not None else ""
             errors[k] = (
@@ -817,7 +817,7 @@ def _to_array(
             )
             column[k] = None
     try:
-        arr = pa.array(column, type=typ, from_pandas=True)
+        arr = _array(column, typ)
     except Exception as e:
         for k, v in enumerate(column):
             if v is not None:
@@ -827,6 +827,21 @@ def _to_array(
 
 
 _GUESS = {float: pa.float64(), int: pa.int64(), bool: pa.bool_(), str: pa.string()}
+_INTEGERS = frozenset(
+    {int, type(None), np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
+     np.uint64}
+)  # fmt: skip
+
+
+def _array(column: Any, typ: pa.DataType | None) -> pa.Array:
+    """``pa.array(column, type=typ)``, refusing what it would truncate.
+
+    pyarrow converts Python floats to an integer type by truncating them (20.5 → 20):
+    a float result in an int64 column must fail instead (then it is an item error).
+    """
+    if typ is not None and pa.types.is_integer(typ) and not _INTEGERS.issuperset(map(type, column)):
+        raise pa.ArrowInvalid(f"values that are not integers cannot be stored as {typ}")
+    return pa.array(column, type=typ, from_pandas=True)
 
 
 def _normalise(arr: pa.Array) -> pa.Array:

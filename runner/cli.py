@@ -91,8 +91,10 @@ class Progress:
                 + (f", dashboard {link}" if link else "")
             )
         elif event == "probe":
+            at_once = f" ({info['probes']} probes at once)" if info.get("probes", 1) > 1 else ""
             self._say(
-                f"{self.name}: probing the function on up to {info['items']} items to size partitions"
+                f"{self.name}: probing the function on up to {info['items']:,} items{at_once}"
+                " to size partitions"
             )
         elif event == "start":
             self.total, self.base, self.done = info["items"], info["items_done"], info["items_done"]
@@ -311,8 +313,8 @@ def run(
 def _exit_now(code: int) -> None:
     """Exit without the interpreter's teardown (0.3-0.5 s with distributed loaded).
 
-    Only after a run: the output is final, the cluster is closed and every thread this
-    run started has ended or is a daemon; nothing is left to flush but stdio.
+    Only once a command is done: its output is final, a cluster it used is closed and
+    every thread it started has ended or is a daemon; nothing is left to flush but stdio.
     """
     sys.stdout.flush()
     sys.stderr.flush()
@@ -369,11 +371,12 @@ def plan(
     if layout is None:
         info["layout"] = None
         info["note"] = (
-            "partition 0 is a short probe run first; it fixes the result schema and sizes the rest"
+            "short probes run first (one per worker thread); they fix the result schema and size the rest"
             + ("" if isinstance(spec.partition_size, int) else " (partition_size: auto)")
         )
         if isinstance(spec.partition_size, int):
-            info["partitions_at_most"] = -(-n // spec.partition_size) + 1
+            # plus up to two per probe: a probe and the gap after it each end in a part-size one
+            info["partitions_about"] = -(-n // spec.partition_size)
     else:
         missing = todo(layout, store.list_partitions())
         info["layout"] = layout.to_dict()
@@ -492,22 +495,34 @@ _register_extensions()
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    Every command ends in :func:`_exit_now`: its files are closed and its output
+    written by then, and the interpreter's teardown can abort the process after the
+    work is done (pyarrow's thread pools, after reading through Python file objects,
+    apache/arrow#34314: "terminate called without an active exception", exit -6).
+    """
     if os.environ.get("SWEEP_DEBUG"):
         app()
         return
+    code: int = 0
     try:
         app()
+    except SystemExit as e:  # click ends every command so, 0 included
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        code = 1 if isinstance(e.code, str) else int(e.code or 0)
     except SweepError as e:
         print(f"error: {redact_url(str(e))}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        code = e.exit_code
     except Exception as e:  # an unexpected failure is infrastructure, never "budget exceeded"
         print(
             f"error: internal error {type(e).__name__}: {redact_url(str(e))}"
             " (rerun with SWEEP_DEBUG=1 for a traceback)",
             file=sys.stderr,
         )
-        sys.exit(3)
+        code = 3
+    _exit_now(code)
 
 
 if __name__ == "__main__":

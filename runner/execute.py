@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
+import itertools
 import threading
 import time
 from collections import Counter
@@ -33,6 +34,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import __version__, config
 from .calls import Command, check_call, result_columns, run_items
@@ -49,7 +51,7 @@ from .exceptions import (
 )
 from .inline import InlineSlot
 from .isolate import IsolatedRun
-from .plan import Descriptor, Layout, todo
+from .plan import Descriptor, Layout, fill, todo
 from .policy import FailureBudget, InlinePolicy, PartitionSizing
 from .secrets import redact
 from .sources import Source, make_source
@@ -510,17 +512,56 @@ class SweepRun:
         self.done = set(self.store.list_partitions())
 
     def probe(self) -> None:
-        """Run partition 0 alone on the cluster (or recover it); record the layout."""
+        """Run the probes on the cluster, one per slot at once (or recover them); record the layout.
+
+        Probe ``k`` starts at item ``k * n / slots`` and stops after ``probe.seconds``;
+        the partitions planned from them fill the item ranges they left.
+        """
         self.phase = "probe"
         if self._recover_probe():
             return
         self._connect()
-        cap = self._probe_cap()
-        self.emit("probe", {"items": cap})
-        (probe,) = self.run_partitions(
-            [Descriptor(0, 0, cap)], probe_seconds=config.get("probe.seconds")
-        )
-        self._plan(probe)
+        descs = self._probe_descriptors(min(self.provider.slots_hint(), self._threads_now()))
+        if len(descs) > 1:  # so that a run which dies now can recover the probes
+            self.manifest["probes"] = [[d.start, d.stop] for d in descs]
+            self.store.write_manifest(self.manifest)
+        self.emit("probe", {"items": sum(d.items for d in descs), "probes": len(descs)})
+        reports = self.run_partitions(descs, probe_seconds=config.get("probe.seconds"))
+        reports.sort(key=lambda r: r.index)
+        self._conform_probes(reports)
+        loop_s = sum(r.loop_s for r in reports)
+        self._plan([(r.start, r.items) for r in reports], loop_s / sum(r.items for r in reports))
+
+    def _threads_now(self) -> int:
+        return max(1, sum(self.client.nthreads().values()))
+
+    def _probe_descriptors(self, slots: int) -> list[Descriptor]:
+        """One probe per slot, each at the start of an equal share of the items."""
+        n, cap = self.n_items, self._probe_cap()
+        k = max(1, min(slots, n))
+        starts = [i * n // k for i in range(k)] + [n]
+        return [Descriptor(i, starts[i], min(starts[i] + cap, starts[i + 1])) for i in range(k)]
+
+    def _conform_probes(self, reports: list[PartitionReport]) -> None:
+        """Give every probe file the schema of the first probe that has one.
+
+        Probes run at once, so each inferred its own result types; a probe whose types
+        differ (or whose items all failed, leaving null columns) runs again with the
+        sweep's schema, as any later partition would, so the dataset has one schema.
+        """
+        chosen = next((r.result_schema for r in reports if r.result_schema is not None), None)
+        if chosen is None:
+            return
+        self.ctx.result_schema = chosen
+        redo = [r for r in reports if r.result_schema != chosen]
+        if not redo:
+            return
+        for r in redo:  # their counts come again from the rerun
+            self.failures -= r.errors
+            self.items_done -= r.items
+        again = self.run_partitions([Descriptor(r.index, r.start, r.stop) for r in redo])
+        by_index = {r.index: r for r in again}
+        reports[:] = [by_index.get(r.index, r) for r in reports]
 
     def probe_inline(self) -> None:
         """Run partition 0 in the runner's child process; start the cluster only if needed.
@@ -547,18 +588,36 @@ class SweepRun:
                 self.inline.stop.set()
         report = fut.result()
         self._record(report, announce=False)
-        self._plan(report)
+        if report.result_schema is not None:
+            self.ctx.result_schema = report.result_schema
+        self._plan([(0, report.items)], report.loop_s / max(1, report.items))
         if self._stop.is_set():
             raise Interrupted()
 
     def _recover_probe(self) -> bool:
-        if 0 not in self.done:
+        """A previous run wrote probes but died before it recorded the layout: plan from them.
+
+        A probe it did not finish becomes a partition as long as the longest one that
+        finished; the time per item comes from the finished probes' ``duration_s``.
+        """
+        spans = self.manifest.get("probes") or [[0, self._probe_cap()]]
+        done = [k for k in range(len(spans)) if k in self.done]
+        if not done:
             return False
-        # a previous run wrote the probe but died before recording the layout
-        (c,) = self.store.partition_counts([0])
-        schema = self.store.read_footer(self.store.list_partitions()[0])
+        counts = {c.index: c for c in self.store.partition_counts(done)}
+        paths = self.store.list_partitions()
+        schema = self.store.read_footer(paths[done[0]])
         self.ctx.result_schema = schema_to_bytes(result_schema(schema, self.source.columns))
-        self._plan(None, head=c.items)
+        longest = max(c.items for c in counts.values())
+        probes = [
+            (start, counts[k].items if k in counts else min(stop - start, longest))
+            for k, (start, stop) in enumerate(spans)
+        ]
+        seconds = sum(
+            pc.sum(self.store.read_partition(paths[k], ["duration_s"])["duration_s"]).as_py() or 0.0
+            for k in done
+        )
+        self._plan(probes, seconds / sum(counts[k].items for k in done))
         return True
 
     def _probe_cap(self) -> int:
@@ -576,23 +635,21 @@ class SweepRun:
             fut.exception(timeout=seconds)
         return fut.done()
 
-    def _plan(self, probe: PartitionReport | None, head: int | None = None) -> None:
-        """Fix the layout from the probe (its items, and the time per item that sizes the rest)."""
-        if probe is not None:
-            head = probe.items
-            if probe.result_schema is not None:
-                self.ctx.result_schema = probe.result_schema
-        assert head is not None
-        self.per_item = probe.loop_s / max(1, probe.items) if probe is not None else 1.0
-        rest = self.n_items - head
+    def _plan(self, probes: list[tuple[int, int]], per_item: float) -> None:
+        """Fix the layout: the probes' ``(start, items)``, then partitions filling what they left.
+
+        The rest is sized from ``per_item`` (seconds per item, measured by the probes).
+        """
+        self.per_item = per_item
+        ends = [start for start, _ in probes[1:]] + [self.n_items]
+        gaps = [(start + k, end - start - k) for (start, k), end in zip(probes, ends, strict=True)]
         explicit = self.spec.partition_size if isinstance(self.spec.partition_size, int) else None
-        if rest <= 0:
-            runs: list[tuple[int, int]] = []
-        elif explicit:
-            runs = [(explicit, rest // explicit)] + (
-                [(rest % explicit, 1)] if rest % explicit else []
-            )
-            runs = [r for r in runs if r[1]]
+        if explicit:  # the user's size in each gap (its last partition takes the remainder)
+            runs = [
+                run
+                for gap in gaps
+                for run in fill([gap], [(explicit, gap[1] // explicit), (gap[1] % explicit, 1)])
+            ]
         else:
             sizing = PartitionSizing(
                 target_seconds=config.get("partition.target-seconds"),
@@ -600,8 +657,12 @@ class SweepRun:
                 tail_factor=config.get("partition.tail-factor"),
                 max_items=config.get("partition.max-items"),
             )
-            runs = sizing.sizes(rest, self.per_item, self.provider.slots_hint())
-        self.layout = Layout(self.n_items, ((head, 1), *runs))
+            rest = sum(g for _, g in gaps)
+            slots = self.provider.slots_hint()
+            runs = fill(gaps, sizing.sizes(rest, per_item, slots)) if rest else []
+        self.layout = Layout(
+            self.n_items, (*((start, k, 1) for start, k in probes), *runs), probes=len(probes)
+        )
         self.manifest["layout"] = self.layout.to_dict()
         self.manifest["result_schema"] = _b64encode(self.ctx.result_schema)
         self.manifest["result_columns"] = _schema_types(self.ctx.schema())
@@ -630,6 +691,7 @@ class SweepRun:
         if not missing:
             return
         left = sum(d.items for d in missing)
+        self.phase = "run"
         if (
             self.inline is not None
             and not self.cluster.started
@@ -680,10 +742,10 @@ class SweepRun:
         """
         from distributed import KilledWorker, as_completed
 
-        self.phase = "probe" if probe_seconds is not None else "run"
+        probe = self.phase == "probe"
         if self._stop.is_set():
             raise Interrupted()
-        ac = as_completed(self._submit(descs, probe_seconds, isolated=False))
+        ac = as_completed(self._submit(descs, probe_seconds, isolated=False, spread=probe))
         remaining = len(descs)
         out: list[PartitionReport] = []
         self.provider.on_remaining(remaining)
@@ -702,11 +764,11 @@ class SweepRun:
                         raise
                     except Exception as e:
                         raise _failed(desc, e) from e
-                    self._record(report, announce=probe_seconds is None)
+                    self._record(report, announce=not probe)
                     out.append(report)
                     remaining -= 1
                     self.provider.on_remaining(remaining)
-                    if probe_seconds is None:
+                    if not probe:
                         self._check_budget(early=True)
                 if self._stop.is_set():
                     self._drain()
@@ -817,23 +879,40 @@ class SweepRun:
         return self.provider
 
     def _submit(
-        self, descs: list[Descriptor], probe_seconds: float | None, isolated: bool
+        self,
+        descs: list[Descriptor],
+        probe_seconds: float | None,
+        isolated: bool,
+        spread: bool = False,
     ) -> list[Any]:
-        """One task per partition, run in this order; the context rides along as one task."""
+        """One task per partition, run in this order; the context rides along as one task.
+
+        ``spread`` places task ``k`` on worker thread ``k`` (loosely: another worker may
+        take it): the scheduler would otherwise put tasks next to the context's data,
+        all on one worker, until work stealing moves them.
+        """
         if self._context is None or self._context[0] != self.ctx.result_schema:
             holder = self.client.submit(_context, self.ctx, pure=False)
             self.tasks += 1
             self._context = (self.ctx.result_schema, holder)
         self.tasks += len(descs)
-        futures = self.client.map(
-            run_partition,
-            descs,
-            ctx=self._context[1],
-            probe_seconds=probe_seconds,
-            isolated=isolated,
-            pure=False,
-            retries=config.get("task-retries"),
-        )
+        kwargs = {
+            "ctx": self._context[1],
+            "probe_seconds": probe_seconds,
+            "isolated": isolated,
+            "pure": False,
+            "retries": config.get("task-retries"),
+        }
+        if spread:
+            slots = [addr for addr, n in sorted(self.client.nthreads().items()) for _ in range(n)]
+            futures = [
+                self.client.submit(
+                    run_partition, desc, workers=[slot], allow_other_workers=True, **kwargs
+                )
+                for desc, slot in zip(descs, itertools.cycle(slots), strict=False)
+            ]
+        else:
+            futures = self.client.map(run_partition, descs, **kwargs)
         for fut, desc in zip(futures, descs, strict=True):
             self.pending[fut.key] = (fut, desc)
         return futures

@@ -148,3 +148,25 @@ def batch_crash_on_a3(batch):
     if (a == 3).any():
         os._exit(1)
     return a * 10
+
+
+def pid_after_sleep(a, b):
+    """The worker process that ran the item (items take 20 ms)."""
+    import time
+
+    time.sleep(0.02)
+    return os.getpid()
+
+
+def int_then_float(a, b):
+    """Fails for ``a < 5``, an int for ``a < 20``, else a float: the probes disagree on the type."""
+    if a < 5:
+        raise ValueError("low a")
+    return int(a) if a < 20 else float(a) + 0.5
+
+
+def fail_low(a, b):
+    """Fails for ``a < 20``, else a float: the first probe's items all fail."""
+    if a < 20:
+        raise ValueError("low a")
+    return float(a) + 0.5

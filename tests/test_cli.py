@@ -51,11 +51,12 @@ def test_plan_and_validate(tmp_path, cli_env, dask_cluster):
     assert r.returncode == 0 and "20 items" in r.stdout
     r = sweep("plan", spec, "--json", env=cli_env)
     info = json.loads(r.stdout)
-    assert info["items"] == 20 and info["layout"] is None and info["partitions_at_most"] == 6
+    assert info["items"] == 20 and info["layout"] is None and info["partitions_about"] == 5
     sweep("run", spec, "--scheduler", dask_cluster.scheduler_address, env=cli_env)
     (tmp_path / "out" / "part-00002.parquet").unlink()
     info = json.loads(sweep("plan", spec, "--json", env=cli_env).stdout)
-    assert info["todo_count"] == 1 and info["todo"] == [[2, 8, 12]]
+    # two probes at once (items 0..3 and 10..13), then each gap in partitions of 4: 4..7 is #2
+    assert info["todo_count"] == 1 and info["todo"] == [[2, 4, 8]]
 
 
 @pytest.mark.parametrize(

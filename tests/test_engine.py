@@ -8,11 +8,13 @@ import os
 import dask
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 import runner
 from runner.exceptions import FailureBudgetExceeded, OutputConflictError, SourceError, SpecError
+from runner.plan import Layout
 from runner.spec import build_spec
 from runner.store import Store
 from tests import funcs
@@ -40,7 +42,9 @@ def test_kwargs_call_writes_the_output_contract(client, tmp_path):
     files = sorted(p.name for p in out.iterdir())
     assert "_SUCCESS" in files and "_manifest.json" in files
     parts = [f for f in files if f.startswith("part-")]
-    assert len(parts) == report.partitions == 7  # head probe of 3 (explicit size), then 3 each
+    # two probes at once (2 worker threads) of 3 items (the explicit size) at items 0 and 10,
+    # then each gap of 7 items in partitions of 3, 3 and 1
+    assert len(parts) == report.partitions == 8
     df = pd.read_parquet(out).sort_values("item")
     assert list(df.columns) == [
         "a",
@@ -60,7 +64,54 @@ def test_kwargs_call_writes_the_output_contract(client, tmp_path):
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["status"] == "succeeded" and manifest["counts"]["ok"] == 20
     assert manifest["spec_hash"] == report.spec_hash and manifest["version"] == runner.__version__
-    assert manifest["layout"]["partitions"] == 7 and manifest["worker_s"] > 0
+    assert manifest["layout"]["partitions"] == 8 and manifest["worker_s"] > 0
+    layout = Layout.from_dict(manifest["layout"])
+    assert [(d.start, d.stop) for d in layout.descriptors()] == [
+        (0, 3), (10, 13), (3, 6), (6, 9), (9, 10), (13, 16), (16, 19), (19, 20),
+    ]  # fmt: skip
+
+
+def test_probes_run_on_every_slot_at_once(client, tmp_path):
+    """On a running cluster the probes start together, one per worker thread."""
+    out = tmp_path / "out"
+    params = {"grid": {"a": list(range(400)), "b": [0]}}
+    with dask.config.set({"sweep.probe.seconds": 0.3}):
+        report = run(client, out, function="tests.funcs:pid_after_sleep", params=params)
+    assert report.status == "succeeded" and report.ok == 400
+    layout = Layout.from_dict(json.loads((out / "_manifest.json").read_text())["layout"])
+    assert layout.probes == 2
+    first, second = layout.descriptor(0), layout.descriptor(1)
+    # each stopped after about probe.seconds of items, at the start of its half
+    assert first.start == 0 and second.start == 200 and 2 <= first.items < 200
+    df = runner.load_results(str(out))
+    pids = [
+        set(df[(df["item"] >= d.start) & (df["item"] < d.stop)]["result"]) for d in (first, second)
+    ]
+    assert len(pids[0]) == len(pids[1]) == 1 and pids[0] != pids[1]  # on both workers
+    np.testing.assert_array_equal(df["item"], np.arange(400))
+
+
+@pytest.mark.parametrize(
+    ("function", "typ"), [("int_then_float", pa.int64()), ("fail_low", pa.float64())]
+)
+def test_probes_that_disagree_on_types_get_one_schema(client, tmp_path, function, typ):
+    """Two probes (items 0..9 and 20..29) at once: one inferred int64 and the other
+    float64, or one has only failed items (null columns). Every file ends with the
+    schema of the first probe that had one, as later partitions always do."""
+    out = tmp_path / "out"
+    params = {"grid": {"a": list(range(40)), "b": [0]}}
+    spec = {"partition_size": 10, "max_failures": 40}
+    report = run(client, out, function=f"tests.funcs:{function}", params=params, **spec)
+    assert report.items == 40
+    files = sorted(out.glob("part-*.parquet"))
+    assert {pq.read_schema(p).field("result").type for p in files} == {typ}
+    df = runner.load_results(str(out))
+    assert df[df["a"] < 5]["error"].str.startswith("ValueError: low a").all()
+    if function == "int_then_float":  # floats do not fit the int64 the first probe fixed
+        assert df[df["a"] >= 20]["status"].eq("error").all()
+        assert df[(df["a"] >= 5) & (df["a"] < 20)]["result"].tolist() == list(range(5, 20))
+    else:
+        assert df[df["a"] >= 20]["result"].tolist() == [a + 0.5 for a in range(20, 40)]
 
 
 def test_row_call_and_duckdb_reads_output(client, tmp_path):

@@ -49,6 +49,13 @@ COMMANDS = ("run", "validate", "plan", "results", "manifest", "submit", "status"
 PROBE = """
 import json, os, sys
 sys.argv = ["sweep", *json.loads(os.environ["PROBE_ARGV"])]
+
+
+def _exit(code):  # the CLI ends with os._exit; here the modules are read first
+    raise SystemExit(code)
+
+
+os._exit = _exit
 code = 0
 try:
     exec(os.environ["PROBE_CODE"])

@@ -94,7 +94,7 @@ def test_a_bigger_sweep_starts_the_cluster_while_the_runner_probes(tmp_path, cli
     assert report["tasks"] == report["partitions_run"] - 1 + 1  # each partition, and the context
     assert "Dask cluster (local) ready" in r.stderr
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
-    head = manifest["layout"]["segments"][0][0]
+    head = manifest["layout"]["runs"][0][1]
     # the probe ran while the cluster started (seconds), not just probe.seconds (0.2 s)
     assert head >= 20, manifest["layout"]
     df = runner.load_results(str(tmp_path / "out"))

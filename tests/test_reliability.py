@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import runner
+from runner.plan import Layout
 from runner.spec import build_spec
 from runner.store import META_KEY
 from tests.clitools import Running, sweep, write_spec
@@ -117,20 +118,24 @@ def test_isolation_process_retries_crashes_and_bounds_deaths(client, tmp_path):
     spec = build_spec(
         {
             "function": "tests.funcs:crash_when_even",
-            "params": {"grid": {"a": list(range(0, 24, 2)), "b": [0]}},
+            "params": {"grid": {"a": list(range(0, 48, 2)), "b": [0]}},
             "output": str(tmp_path / "out"),
             "partition_size": 6,
             "isolation": "process",
             "retries": 1,
-            "max_failures": 12,
+            "max_failures": 24,
         }
     )
     with dask.config.set({"sweep.isolation.max-deaths": 5}):
         report = runner.execute.run_sweep(spec, client=client)
-    assert report.isolated_partitions == report.partitions_run and report.errors == 12
-    head = json.loads((tmp_path / "out" / "_manifest.json").read_text())["layout"]["segments"][0][0]
+    assert report.isolated_partitions == report.partitions_run and report.errors == 24
+    layout = Layout.from_dict(
+        json.loads((tmp_path / "out" / "_manifest.json").read_text())["layout"]
+    )
+    # a full partition after the probes (they stop early; 2 probes leave a gap of >= 6 items)
+    full = next(d for d in layout.descriptors()[layout.probes :] if d.items == 6)
     df = runner.load_results(str(tmp_path / "out"))
-    part1 = df[(df["item"] >= head) & (df["item"] < head + 6)]
+    part1 = df[(df["item"] >= full.start) & (df["item"] < full.stop)]
     died = "worker process died (exit code 3) while running this item"
     # two items die twice each (one retry), the fifth death ends the partition
     assert part1["error"].tolist()[:2] == [died, died]

@@ -11,7 +11,7 @@ import pytest
 
 from runner.calls import ItemResults, item_seeds, result_columns, run_items
 from runner.exceptions import SpecError
-from runner.plan import Layout, todo
+from runner.plan import Layout, fill, todo
 from runner.policy import FailureBudget, InlinePolicy, PartitionSizing, ScalingPolicy
 from runner.sources import make_source
 from runner.spec import ParamsSpec, build_spec, load_spec
@@ -88,14 +88,55 @@ def test_layout_covers_every_item_exactly_once():
         np.testing.assert_array_equal(covered, np.arange(n))
         assert [d.items for d in descs] == sizes and layout.head == sizes[0]
         assert layout.partitions == len(descs) and Layout.from_dict(layout.to_dict()) == layout
-    assert Layout.of_sizes(10, [3, 3, 3, 1]).segments == ((3, 3), (1, 1))
+    assert Layout.of_sizes(10, [3, 3, 3, 1]).runs == ((0, 3, 3), (9, 1, 1))
 
 
-def test_layout_reads_the_first_manifest_format():
+def test_layout_of_several_probes_fills_the_gaps_they_left():
+    # three probes at 0, 100 and 200 of 300 items stopped after 10, 100 (all) and 7 items
+    probes = [(0, 10), (100, 100), (200, 7)]
+    gaps = [(10, 90), (207, 93)]
+    runs = fill(gaps, [(50, 3), (20, 1), (13, 1)])
+    layout = Layout(300, (*((a, k, 1) for a, k in probes), *runs), probes=3)
+    descs = layout.descriptors()
+    assert [(d.start, d.items) for d in descs[:3]] == probes
+    # the planned order of sizes survives; a partition cut at a gap's end runs as two pieces
+    assert [d.items for d in descs[3:]] == [50, 40, 10, 50, 20, 13]
+    covered = np.sort(np.concatenate([np.arange(d.start, d.stop) for d in descs]))
+    np.testing.assert_array_equal(covered, np.arange(300))
+    assert Layout.from_dict(layout.to_dict()) == layout
+    assert layout.describe() == "3 probes of 7..100 items, then 6 of 50 down to 10 items"
+    with pytest.raises(ValueError):  # two partitions share items 95..99
+        Layout(300, ((0, 100, 1), (95, 205, 1)))
+
+
+def test_fill_cuts_any_sizes_into_any_gaps():
+    rng = np.random.default_rng(3)
+    for _ in range(500):
+        n = int(rng.integers(1, 400))
+        cuts = np.unique(rng.integers(0, n + 1, size=2 * int(rng.integers(1, 6))))
+        gaps = [(int(a), int(b - a)) for a, b in zip(cuts[::2], cuts[1::2], strict=False)]
+        total = sum(g for _, g in gaps)
+        if not total:
+            continue
+        sizes, left = [], total
+        while left:
+            size = int(rng.integers(1, left + 1))
+            count = int(rng.integers(1, left // size + 1))
+            sizes.append((size, count))
+            left -= size * count
+        runs = fill(gaps, sizes)
+        covered = sorted(i for a, s, c in runs for i in range(a, a + s * c))
+        assert covered == [i for a, g in gaps for i in range(a, a + g)], (gaps, sizes)
+        assert len(runs) <= sum(c for _, c in sizes) + 2 * len(gaps)
+
+
+def test_layout_reads_the_earlier_manifest_formats():
     old = {"n_items": 100, "head": 10, "size": 30, "partitions": 4}
-    assert [(d.start, d.stop) for d in Layout.from_dict(old).descriptors()] == [
-        (0, 10), (10, 40), (40, 70), (70, 100),
-    ]  # fmt: skip
+    second = {"n_items": 100, "segments": [[10, 1], [30, 3]], "partitions": 4}
+    for d in (old, second):
+        assert [(d.start, d.stop) for d in Layout.from_dict(d).descriptors()] == [
+            (0, 10), (10, 40), (40, 70), (70, 100),
+        ]  # fmt: skip
 
 
 def test_todo_is_desired_minus_done():
@@ -103,9 +144,9 @@ def test_todo_is_desired_minus_done():
     assert [d.index for d in todo(layout, {0, 2})] == [1, 3]
     assert todo(layout, range(4)) == []
     with pytest.raises(ValueError):
-        Layout(10, ((3, 3),))  # 9 items, not 10
+        Layout(10, ((0, 3, 3),))  # 9 items, not 10
     with pytest.raises(ValueError):
-        Layout(10, ((0, 1), (10, 1)))
+        Layout(10, ((0, 0, 1), (0, 10, 1)))
 
 
 # ------------------------------------------------------------------ sources
@@ -245,6 +286,14 @@ def test_result_columns_schema_enforced_across_partitions():
         and "clash" in res.errors[1]
         and "dict" in res.errors[2]
     )
+    # a float is never truncated into an integer column: pyarrow would store 20.5 as 20
+    res = ItemResults(values=[20, 20.5, np.int32(7), None])
+    cols = result_columns(res, ("a",), pa.schema([("result", pa.int64())]))
+    assert cols["result"].to_pylist() == [20, None, 7, None]
+    assert "of type float cannot be stored as int64" in res.errors[1]
+    # nor when the first item's int guesses the type of a new partition's column
+    cols = result_columns(ItemResults(values=[1, 2.5, None]), ("a",), None)
+    assert cols["result"].type == pa.float64() and cols["result"].to_pylist() == [1.0, 2.5, None]
     # before the schema is fixed (the probe), such a key is bad input: it would overwrite `a`
     with pytest.raises(SpecError, match="returns key\\(s\\) 'a', named like parameter"):
         result_columns(ItemResults(values=[{"x": 1}, {"x": 2, "a": 3}]), ("a",), None)
