@@ -795,7 +795,11 @@ class SweepRun:
             and len(counts) == partitions
             and sum(c.items for c in counts) == self.n_items
         )
-        if self.status == Status.SUCCEEDED and not (complete and errors <= self.allowed):
+        # partitions the workers reported written that the runner cannot list
+        unseen = sorted(set(self.reports) - {c.index for c in counts})
+        if unseen and self.status == Status.SUCCEEDED:
+            self.status = Status.ERROR
+        elif self.status == Status.SUCCEEDED and not (complete and errors <= self.allowed):
             self.status = Status.FAILED
         items_run = sum(r.items for r in self.reports.values())
         isolated = sorted(i for i, r in self.reports.items() if r.isolated)
@@ -824,6 +828,13 @@ class SweepRun:
             worker_s=round(self.manifest.get("worker_s", 0.0) + worker_s, 3),
         )
         self._write_final_manifest(error, bool(counts))
+        if unseen and error is None:
+            raise InfrastructureError(
+                f"the workers wrote {len(unseen)} partition(s) (part-{unseen[0]:05d}, ...) to"
+                f" {self.store.url}, but the runner does not see them there: a local path is"
+                " each machine's own disk; give an output the runner and the workers share"
+                " (s3://..., or one volume mounted at the same path in both)"
+            )
         return SweepReport(
             name=self.spec.name,
             output=self.spec.output,
