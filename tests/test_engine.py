@@ -91,6 +91,34 @@ def test_probes_run_on_every_slot_at_once(client, tmp_path):
     np.testing.assert_array_equal(df["item"], np.arange(400))
 
 
+def test_a_run_that_died_during_the_probes_resumes_from_them(client, tmp_path):
+    """Probe 0 written, probe 1 not, no layout recorded: the rerun plans from probe 0 and
+    the recorded probe ranges, and every item is in the output once."""
+    out = tmp_path / "out"
+    params = {"grid": {"a": list(range(400)), "b": [0]}}
+    with dask.config.set({"sweep.probe.seconds": 0.2}):
+        run(client, out, function="tests.funcs:pid_after_sleep", params=params)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    first = Layout.from_dict(manifest["layout"])
+    assert manifest["probes"][1][0] == 200
+    kept = first.descriptor(0)
+    for p in out.glob("part-*.parquet"):
+        if p.name != "part-00000.parquet":
+            p.unlink()
+    (out / "_SUCCESS").unlink()
+    del manifest["layout"]
+    (out / "_manifest.json").write_text(json.dumps(manifest))
+    report = run(client, out, function="tests.funcs:pid_after_sleep", params=params)
+    assert report.status == "succeeded" and report.items_run == 400 - kept.items
+    layout = Layout.from_dict(json.loads((out / "_manifest.json").read_text())["layout"])
+    assert layout.probes == 2 and layout.descriptor(0) == kept
+    # the unfinished probe became a partition at its recorded start, no longer than probe 0
+    assert layout.descriptor(1).start == 200 and layout.descriptor(1).items <= kept.items
+    df = runner.load_results(str(out))
+    np.testing.assert_array_equal(df["item"], np.arange(400))
+    assert (df["status"] == "ok").all()
+
+
 @pytest.mark.parametrize(
     ("function", "typ"), [("int_then_float", pa.int64()), ("fail_low", pa.float64())]
 )
