@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -84,6 +86,49 @@ def result_columns(table_schema: pa.Schema, manifest: dict[str, Any] | None) -> 
         after = names[names.index(ITEM) + 1 :]
         return [c for c in after if c not in STATUS_COLUMNS]
     return [c for c in names if c not in OUTPUT_COLUMNS]
+
+
+def progress(
+    url: str, storage_options: dict[str, Any] | None = None, now: float | None = None
+) -> dict[str, Any]:
+    """How far a sweep is: items done of all, failures, and this run's rate and ETA.
+
+    Read from the manifest and the partition files' footers and times (no data is
+    read), so it is cheap on a running sweep of any size. The rate counts the items of
+    partitions written since the current run started; ``eta_s`` is ``None`` until
+    there is one, and once the sweep has ended.
+    """
+    store, manifest, _ = _open(url, storage_options)
+    manifest = manifest or {}
+    counts = {c.index: c for c in store.partition_counts()}
+    times = store.partition_times()
+    total = manifest.get("items")
+    done = sum(c.items for c in counts.values())
+    errors = sum(c.errors for c in counts.values())
+    runs = manifest.get("runs") or []
+    started = runs[-1].get("started") if runs else None
+    state = "succeeded" if store.has_success() else manifest.get("status", "unknown")
+    rate = eta = None
+    if started and state == "running":
+        t0 = dt.datetime.fromisoformat(started).timestamp()
+        now = time.time() if now is None else now
+        recent = sum(c.items for i, c in counts.items() if times.get(i, 0) >= t0)
+        if recent and now > t0:
+            rate = recent / (now - t0)
+            eta = (total - done) / rate if total else None
+    return {
+        "output": url,
+        "state": state,
+        "items": total,
+        "items_done": done,
+        "errors": errors,
+        "percent_done": round(100.0 * done / total, 2) if total else None,
+        "partitions": (manifest.get("layout") or {}).get("partitions"),
+        "partitions_done": len(counts),
+        "run_started": started,
+        "items_per_s": round(rate, 1) if rate is not None else None,
+        "eta_s": round(eta, 1) if eta is not None else None,
+    }
 
 
 def summarise(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -449,6 +449,26 @@ class Store:
                 out[int(m.group(1))] = p
         return out
 
+    def partition_times(self) -> dict[int, float]:
+        """Finished partitions: index -> when the file was written (seconds since the epoch)."""
+
+        def ls() -> list[dict[str, Any]]:
+            try:
+                self.fs.invalidate_cache(self.root)
+                return self.fs.ls(self.root, detail=True)
+            except FileNotFoundError:
+                return []
+
+        out = {}
+        for info in self._call(None, "listing it", ls):
+            m = PART_RE.match(info["name"].rstrip("/").rsplit("/", 1)[-1])
+            when = info.get("mtime", info.get("LastModified", info.get("last_modified")))
+            if m and when is not None:
+                out[int(m.group(1))] = (
+                    when.timestamp() if hasattr(when, "timestamp") else float(when)
+                )
+        return out
+
     def read_footer(self, path: str) -> pa.Schema:
         """The Arrow schema of a partition file, with its metadata (the footer only)."""
         # lazy: pyarrow.parquet adds 20-30 ms to pyarrow; `sweep validate`, `sweep plan`

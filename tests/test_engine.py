@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import time
 
 import dask
 import numpy as np
@@ -534,3 +536,25 @@ def test_isolated_batches_run_in_blocks_and_a_dying_block_finds_its_rows(client,
     assert (bad["a"] == 3).all() and bad["error"].str.contains("exit code 1").all()
     good = df[df["status"] == "ok"]
     np.testing.assert_allclose(good["result"], good["a"] * 10)
+
+
+def test_progress_reads_counts_rate_and_eta_from_the_output(client, tmp_path):
+    out = tmp_path / "out"
+    run(client, out, partition_size=3)
+    p = runner.results.progress(str(out))
+    assert p["state"] == "succeeded" and p["items_done"] == p["items"] == 20
+    assert p["partitions_done"] == p["partitions"] and p["eta_s"] is None
+    # the same output as a running sweep whose run began 10 s ago, two partitions missing
+    manifest = json.loads((out / "_manifest.json").read_text())
+    t0 = time.time() - 10
+    manifest["status"] = "running"
+    manifest["runs"][-1]["started"] = dt.datetime.fromtimestamp(t0, dt.UTC).isoformat()
+    (out / "_manifest.json").write_text(json.dumps(manifest))
+    (out / "_SUCCESS").unlink()
+    (out / "part-00002.parquet").unlink()
+    os.utime(out / "part-00003.parquet", (t0 - 60, t0 - 60))  # written by an earlier run
+    p = runner.results.progress(str(out), now=t0 + 10)
+    assert p["state"] == "running" and p["items_done"] == 17 and p["errors"] == 0
+    # 17 items done, 3 of them before this run: 14 items in 10 s, 3 left
+    assert p["items_per_s"] == pytest.approx(1.4, abs=0.05)
+    assert p["eta_s"] == pytest.approx(3 / 1.4, abs=0.1)

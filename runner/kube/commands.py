@@ -254,11 +254,36 @@ def status(
             f"  dask       {c['name']}: {c['phase']}, {c['workers']} workers;"
             f" dashboard: {c['dashboard']}"
         )
+    _out_progress(info.get("progress"))
     if info["output"]:
         _out(f"  output     {info['output']}")
         _out(f"  next       sweep results {info['output']}")
     if info["exit_code"] is not None:
         _out(f"  exit code  {info['exit_code']}")
+
+
+def _out_progress(p: dict[str, Any] | None) -> None:
+    if not p:
+        return
+    if "error" in p:
+        _out(f"  progress   unknown: {p['error']}")
+        return
+    total = f"{p['items']:,}" if p["items"] else "?"
+    pct = f" ({p['percent_done']:.1f}%)" if p["percent_done"] is not None else ""
+    line = f"  progress   {p['items_done']:,}/{total} items{pct}, {p['errors']:,} failed"
+    line += f"; {p['partitions_done']:,}/{p['partitions'] or '?'} partitions"
+    if p["items_per_s"] is not None:
+        line += f"; {p['items_per_s']:,.0f} items/s"
+    if p["eta_s"] is not None:
+        line += f", ETA {_duration(p['eta_s'])}"
+    _out(line)
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def logs(

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from ..exceptions import InfrastructureError, SpecError
+from ..exceptions import InfrastructureError, SpecError, SweepError
 from . import cluster_spec as cs
 from . import manifests as mf
 
@@ -349,6 +349,7 @@ class KubeApi:
                 for c in clusters
             ],
             "output": spec.get("output"),
+            "progress": sweep_progress(spec),
             "exit_code": job_exit_code(job, pods),
         }
 
@@ -656,3 +657,19 @@ def _raw(pod: Any) -> dict[str, Any]:
 
 def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def sweep_progress(spec: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The sweep's own progress, read from its output; ``{"error": ...}`` when that is
+    not readable from here (no credentials for it on this machine, say)."""
+    from ..results import progress  # lazy: pyarrow and fsspec, only for `sweep status`
+
+    output = spec.get("output")
+    if not output:
+        return None
+    try:
+        return progress(output, spec.get("storage_options"))
+    except SweepError as e:
+        return {"error": str(e)}
+    except Exception as e:  # whatever the filesystem raises: status still shows the Job
+        return {"error": f"{output}: {type(e).__name__}: {e}"}

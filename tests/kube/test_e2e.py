@@ -126,8 +126,13 @@ def _submit_scenario(kube_cluster, ns, env, s3, tmp_path):
     info = last_json(st.stdout)
     assert info["name"] == "e2e-ok", info
     assert info["exit_code"] == 0, info
+    # the sweep's own progress, read from its output
+    p = info["progress"]
+    assert p["state"] == "succeeded" and p["items_done"] == p["items"] == n, p
+    assert p["percent_done"] == 100.0 and p["eta_s"] is None, p
     st = sweep(env, "status", "e2e-ok", "-n", ns, timeout=60)
     assert st.returncode == 0 and "e2e-ok" in st.stdout, show(st)
+    assert f"progress   {n}/{n} items (100.0%), 0 failed" in st.stdout, show(st)
     logs = sweep(env, "logs", "e2e-ok", "-n", ns, timeout=60)
     assert logs.returncode == 0, show(logs)
     assert f"{n}/{n} items (100.0%)" in logs.stdout, show(logs)
@@ -176,6 +181,11 @@ def _submit_scenario(kube_cluster, ns, env, s3, tmp_path):
     )
     st = sweep(env, "status", "e2e-long", "-n", ns, "--json", timeout=60)
     assert st.returncode == 0 and last_json(st.stdout)["exit_code"] is None, show(st)
+    p = last_json(st.stdout)["progress"]
+    assert p["state"] == "running" and 0 < p["items_done"] < p["items"] == 400, p
+    assert p["items_per_s"] > 0 and p["eta_s"] > 0, p
+    st = sweep(env, "status", "e2e-long", "-n", ns, timeout=60)
+    assert "items/s, ETA " in st.stdout, show(st)
     assert kube_cluster.list("daskclusters", ns), "the running sweep has no DaskCluster"
 
     for name in ("e2e-ok", "e2e-bad", "e2e-long"):
