@@ -382,7 +382,7 @@ def pod(name: str, waiting: str | None = None, restarts: int = 0, message: str =
 
 
 def test_diagnose_names_the_image_that_cannot_be_pulled() -> None:
-    from runner.clusters.kubernetes import diagnose
+    from runner.kube.diagnose import diagnose
 
     (p,) = diagnose(
         [pod("w1", "ImagePullBackOff", message='Back-off pulling image "reg.example/sim:3"')]
@@ -392,7 +392,7 @@ def test_diagnose_names_the_image_that_cannot_be_pulled() -> None:
 
 
 def test_diagnose_missing_secret_crash_loop_and_capacity() -> None:
-    from runner.clusters.kubernetes import diagnose
+    from runner.kube.diagnose import diagnose
 
     found = diagnose(
         [
@@ -423,7 +423,7 @@ def test_diagnose_missing_secret_crash_loop_and_capacity() -> None:
 
 
 def test_one_line_log_tail() -> None:
-    from runner.clusters.kubernetes import one_line
+    from runner.kube.diagnose import one_line
 
     assert one_line(["a\n", "", "  b  ", "Traceback: boom"]) == "a | b | Traceback: boom"
     assert len(one_line(["x" * 5000], limit=100)) == 101

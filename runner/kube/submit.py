@@ -121,7 +121,7 @@ class KubeApi:
             )
         except ApiException as e:
             if e.status == 404:
-                from ..clusters.kubernetes import OPERATOR_HINT
+                from .diagnose import OPERATOR_HINT
 
                 raise InfrastructureError(
                     f"the DaskCluster custom resource is not installed; {OPERATOR_HINT}"
@@ -414,7 +414,7 @@ class KubeApi:
         cannot start (image pull error, missing Secret) for ``start_grace`` seconds ends
         the wait with exit code 3 and the reason.
         """
-        from ..clusters.kubernetes import diagnose
+        from .diagnose import diagnose
 
         streamed: set[str] = set()
         stuck_since: dict[str, float] = {}
