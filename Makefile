@@ -44,7 +44,13 @@ demo: $(STAMP)
 	$(BIN)/sweep run examples/montecarlo.yaml
 	$(BIN)/sweep results demo-output/montecarlo --plot demo-output/montecarlo.png
 
-test: $(TESTSTAMP)
+# checkov (tests/test_chart.py) pins botocore and packaging below what s3fs needs: its own venv
+CHECKOV := .venv-tools/checkov/bin/checkov
+$(CHECKOV):
+	$(PYTHON) -m venv .venv-tools/checkov
+	.venv-tools/checkov/bin/pip install -q "checkov==3.3.30"
+
+test: $(TESTSTAMP) $(CHECKOV)
 	$(BIN)/ruff check runner tests examples bench
 	$(BIN)/python -m pytest -q
 
@@ -95,4 +101,5 @@ test-kind: $(TESTSTAMP)
 	$(BIN)/python -m pytest -q -m kube
 
 clean:
+	rm -rf .venv-tools
 	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache build *.egg-info

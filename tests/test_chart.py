@@ -8,6 +8,9 @@ substance what `sweep manifest` prints (runner/kube/manifests.py).
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -121,8 +124,8 @@ def by_kind(objs: list[dict]) -> dict[str, dict]:
 def test_every_rendered_object_is_valid(chart: Any, case: str) -> None:
     objs, notes, _ = render(chart, VALUE_SETS[case])
     kubecheck.validate_all(objs)
-    kinds = sorted(o["kind"] for o in objs)
-    expected = {"Job", "Role", "RoleBinding"}
+    kinds = sorted({o["kind"] for o in objs})
+    expected = {"Job", "Role", "RoleBinding", "NetworkPolicy"}
     if "existingConfigMap" not in VALUE_SETS[case]:
         expected.add("ConfigMap")
     if VALUE_SETS[case].get("serviceAccount", {}).get("create", True):
@@ -424,3 +427,82 @@ def test_runner_pod_leaves_room_for_the_drain(chart: Any) -> None:
     ours = job["spec"]["template"]["spec"]
     assert ours["terminationGracePeriodSeconds"] == 105
     assert {"name": "DASK_SWEEP__GRACE_SECONDS", "value": "45"} in ours["containers"][0]["env"]
+
+
+# --------------------------------------------------------------------------- shared clusters
+
+
+def test_every_object_names_the_release_namespace(chart: Any) -> None:
+    for case in sorted(VALUE_SETS):
+        objs, _, _ = render(chart, VALUE_SETS[case], namespace="team-a")
+        for o in objs:
+            assert o["metadata"].get("namespace") == "team-a", (case, o["kind"])
+
+
+def test_network_policies_select_the_sweeps_pods(chart: Any) -> None:
+    objs, _, _ = render(chart, VALUE_SETS["spec-yaml"], name="pi")
+    policies = {o["metadata"]["name"]: o["spec"] for o in objs if o["kind"] == "NetworkPolicy"}
+    job = by_kind(objs)["Job"]
+    runner_labels = job["spec"]["template"]["metadata"]["labels"]
+    # the scheduler pod's labels: the DaskCluster's (the runner sets them), plus the operator's
+    scheduler_labels = {
+        **cs.sweep_labels("pi", "dask-cluster"),
+        "dask.org/cluster-name": "pi",
+        "dask.org/component": "scheduler",
+    }
+    sched, runner_policy = policies["pi-sweep-scheduler"], policies["pi-sweep-runner"]
+    assert sched["podSelector"]["matchLabels"].items() <= scheduler_labels.items()
+    assert runner_policy["podSelector"]["matchLabels"].items() <= runner_labels.items()
+    assert runner_policy["ingress"] == [] and runner_policy["policyTypes"] == ["Ingress"]
+    comm, dashboard = sched["ingress"]
+    # the comm port: the runner and the workers (both carry the instance label), the operator
+    peers = comm["from"][0]["podSelector"]["matchLabels"]
+    assert peers.items() <= runner_labels.items() and peers.items() <= scheduler_labels.items()
+    assert comm["from"][1] == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "dask-operator"}}
+    }
+    assert {p["port"] for p in comm["ports"]} == {cs.SCHEDULER_PORT, 8787}
+    assert dashboard == {
+        "from": [{"podSelector": {}}],
+        "ports": [{"port": 8787, "protocol": "TCP"}],
+    }
+    objs, _, _ = render(chart, {**VALUE_SETS["spec-yaml"], "networkPolicy": {"enabled": False}})
+    assert "NetworkPolicy" not in by_kind(objs)
+
+
+CHECKOV_ALLOWED = {
+    "CKV_K8S_43": "image digest: which image (tag or digest) to run is the user's choice",
+    "CKV_K8S_15": "image pull policy: IfNotPresent by default, a value (image.pullPolicy)",
+    "CKV_K8S_38": "service-account token: the runner talks to the API to run its Dask cluster",
+    "CKV_K8S_35": "s3Secret as envFrom: the AWS SDKs read AWS_* variables; only when it is set",
+}
+
+
+def _checkov() -> str | None:
+    local = ROOT / ".venv-tools" / "checkov" / "bin" / "checkov"
+    return str(local) if local.exists() else shutil.which("checkov")
+
+
+@pytest.mark.timeout(300)
+def test_checkov_passes_on_the_rendered_chart(chart: Any, tmp_path: Path) -> None:
+    """checkov (its own venv: make test installs it in .venv-tools) finds nothing beyond
+    the documented skips, for every value set."""
+    exe = _checkov()
+    if exe is None:
+        pytest.skip("checkov is not installed (make test installs it in .venv-tools/checkov)")
+    for case in sorted(VALUE_SETS):
+        objs, _, _ = render(chart, VALUE_SETS[case])
+        path = tmp_path / f"{case}.yaml"
+        path.write_text(yaml.safe_dump_all(objs))
+    r = subprocess.run(
+        [exe, "-d", str(tmp_path), "--framework", "kubernetes", "-o", "json", "--quiet",
+         "--compact", "--skip-download", "--skip-check", ",".join(CHECKOV_ALLOWED)],
+        capture_output=True, text=True, timeout=240,
+        env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},
+    )  # fmt: skip
+    report = json.loads(r.stdout)
+    failed = [
+        (c["check_id"], c["resource"], c["file_path"]) for c in report["results"]["failed_checks"]
+    ]
+    assert not failed, failed
+    assert report["summary"]["passed"] > 50

@@ -53,7 +53,7 @@ LOCAL_PROTOCOLS = ("file", "local", "memory")
 
 DEFAULT_RUNNER_RESOURCES: dict[str, Any] = {
     "requests": {"cpu": "250m", "memory": "512Mi"},
-    "limits": {"memory": "2Gi"},
+    "limits": {"cpu": "1", "memory": "2Gi"},
 }
 
 #: What ``dask_kubernetes.operator.KubeCluster`` does, verb by verb (read from its code):
