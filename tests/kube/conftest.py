@@ -13,6 +13,7 @@ import os
 import pathlib
 import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -27,6 +28,23 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "kube: needs a Kubernetes cluster (emulated unless SWEEP_TEST_KUBECONFIG)"
     )
+    if _container_mode():
+        # Pods are containers of the real image on a bridge network whose gateway is this
+        # machine: they reach the test's S3 server there, as kind's pods do (tests/conftest.py).
+        # Set before the test modules import tests/kube/sweeps.py (which reads them).
+        import random
+
+        os.environ.setdefault("SWEEP_TEST_IMAGE", "localhost/sweep-runner:test")
+        subnet = os.environ.setdefault(
+            "KUBE_EMU_POD_SUBNET", f"10.90.{random.randint(0, 255)}.0/24"
+        )
+        os.environ.setdefault("SWEEP_TEST_S3_HOST", subnet.rsplit(".", 1)[0] + ".1")
+
+
+def _container_mode() -> bool:
+    return not os.environ.get("SWEEP_TEST_KUBECONFIG") and (
+        os.environ.get("SWEEP_TEST_POD_RUNTIME") == "podman"
+    )
 
 
 def _emulation_unavailable() -> str | None:
@@ -38,6 +56,19 @@ def _emulation_unavailable() -> str | None:
         return "the Kubernetes emulator needs root (mount namespaces for pods)"
     if shutil.which("unshare") is None:
         return "the Kubernetes emulator needs util-linux 'unshare'"
+    if _container_mode():
+        import subprocess
+
+        from tests.kube.cluster.podman import podman_env
+
+        if shutil.which("podman") is None:
+            return "SWEEP_TEST_POD_RUNTIME=podman: podman is not installed"
+        image = os.environ["SWEEP_TEST_IMAGE"]
+        env = podman_env(pathlib.Path(tempfile.mkdtemp(prefix="kube-podman-")))
+        if subprocess.run(["podman", "image", "exists", image], env=env).returncode != 0:
+            pytest.fail(
+                f"SWEEP_TEST_POD_RUNTIME=podman: no image {image}: make test-kube-containers builds it"
+            )
     return None
 
 

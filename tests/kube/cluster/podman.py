@@ -54,14 +54,10 @@ class PodmanRuntime:
         self.env = podman_env(kubelet.dir)
         self.id = os.urandom(3).hex()
         self.label = f"kube-emu={self.id}"
-        subnet = os.environ.get("KUBE_EMU_POD_SUBNET") or f"10.90.{random.randint(0, 255)}.0/24"
+        self.network = f"kube-emu-{self.id}"
+        subnet = self._create_network(os.environ.get("KUBE_EMU_POD_SUBNET"))
         self.prefix = subnet.split("/")[0].rsplit(".", 1)[0]
         self.host_ip = f"{self.prefix}.1"  # the bridge's gateway: this machine
-        self.network = f"kube-emu-{self.id}"
-        self._run(
-            "network", "create", "--subnet", subnet, "--gateway", self.host_ip,
-            "--disable-dns", "--label", self.label, self.network,
-        )  # fmt: skip
         # the pods' kubeconfig: the API server at the gateway address
         host_url = f"http://{kubelet.api_host}:{kubelet.api_port}"
         pod_url = f"http://{self.host_ip}:{kubelet.api_port}"
@@ -71,6 +67,24 @@ class PodmanRuntime:
         )
         self._image_users: dict[str, str] = {}
         log.info("podman runtime: network %s %s, gateway %s", self.network, subnet, self.host_ip)
+
+    def _create_network(self, wanted: str | None) -> str:
+        """The cluster's network: KUBE_EMU_POD_SUBNET if it is free (the test session's S3
+        host is its gateway), else a free random 10.90.B.0/24 (a second cluster in one
+        session: its pods still reach the first gateway, an address of this machine)."""
+        for attempt in range(8):
+            subnet = wanted if wanted and attempt == 0 else f"10.90.{random.randint(0, 255)}.0/24"
+            gateway = subnet.split("/")[0].rsplit(".", 1)[0] + ".1"
+            r = subprocess.run(
+                ["podman", "network", "create", "--subnet", subnet, "--gateway", gateway,
+                 "--disable-dns", "--label", self.label, self.network],
+                env=self.env, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            if r.returncode == 0:
+                return subnet
+            if "already used" not in r.stderr:
+                raise RuntimeError(f"podman network create: exit {r.returncode}: {r.stderr}")
+        raise RuntimeError("podman network create: no free 10.90.B.0/24 subnet")
 
     def _run(self, *args: str, check: bool = True, timeout: float = 60) -> str:
         r = subprocess.run(
