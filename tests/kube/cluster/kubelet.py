@@ -994,7 +994,7 @@ class Kubelet:
             pr.name,
             c.name,
             c.proc.pid,
-            spec["argv"],
+            spec.get("shown", spec["argv"]),
         )
 
     def _container_config(self, pr: PodRuntime, pod: dict, c: Container) -> dict:

@@ -199,7 +199,9 @@ class PodmanRuntime:
             # Kubernetes: command replaces the image's ENTRYPOINT (and its CMD), args its CMD
             argv += ["--entrypoint", json.dumps(cfg["command"])]
         argv += [image, *cfg["args"]]
-        return {"argv": argv, "name": self.container_name(pr, c)}
+        # for the kubelet's log: no env values (Secrets)
+        shown = [*(cfg["command"] or ["<entrypoint>"]), *cfg["args"], f"(image {image})"]
+        return {"argv": argv, "shown": shown, "name": self.container_name(pr, c)}
 
     def start(self, pr: PodRuntime, c: Container, spec: dict, logf: Any) -> subprocess.Popen:
         return subprocess.Popen(
