@@ -14,7 +14,6 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
@@ -74,7 +73,7 @@ def _container_image(request: pytest.FixtureRequest) -> None:
     if os.environ.get("KUBE_EMU_BUILD_IMAGE"):
         assert request.getfixturevalue("image") == wanted
         return
-    env = podman_env(pathlib.Path(tempfile.mkdtemp(prefix="kube-podman-")))
+    env = podman_env(request.getfixturevalue("tmp_path_factory").mktemp("podman"))
     if subprocess.run(["podman", "image", "exists", wanted], env=env).returncode != 0:
         pytest.fail(f"SWEEP_TEST_POD_RUNTIME=podman: no image {wanted} in podman's store")
 

@@ -49,10 +49,10 @@ sys.exit(7)
 """
 
 
-def _podman(*args: str) -> str:
+def _podman(kube_cluster, *args: str) -> str:
     from tests.kube.cluster.podman import podman_env
 
-    env = podman_env(__import__("pathlib").Path(__import__("tempfile").mkdtemp()))
+    env = podman_env(kube_cluster.state_dir)  # the cluster's containers.conf
     return subprocess.run(
         ["podman", *args], env=env, capture_output=True, text=True, check=True
     ).stdout

@@ -37,10 +37,13 @@ POD_KUBECONFIG = "/var/run/kube-emu/kubeconfig"
 def podman_env(state_dir: pathlib.Path) -> dict[str, str]:
     """podman's environment: CONTAINERS_CONF with rlimits this machine's runc can set."""
     env = dict(os.environ)
-    if "CONTAINERS_CONF" not in env and shutil.which("runc"):
-        from tests.image.engines import containers_conf
+    conf = state_dir / "containers.conf"
+    if "CONTAINERS_CONF" not in env and (conf.exists() or shutil.which("runc")):
+        if not conf.exists():
+            from tests.image.engines import containers_conf
 
-        env["CONTAINERS_CONF"] = str(containers_conf(state_dir / "containers.conf"))
+            containers_conf(conf)
+        env["CONTAINERS_CONF"] = str(conf)
     return env
 
 
