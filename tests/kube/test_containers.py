@@ -151,8 +151,8 @@ def test_a_pod_is_a_container_of_its_image(kube_cluster, kube_namespace):
     kube_cluster.wait_for(lambda: not _pod(kube_cluster, ns, name), timeout=30)
     kube_cluster.wait_for(
         lambda: (
-            name not in _podman("ps", "-a", "--format", "{{.Names}}")
-            and name not in _podman("pod", "ps", "--format", "{{.Name}}")
+            name not in _podman(kube_cluster, "ps", "-a", "--format", "{{.Names}}")
+            and name not in _podman(kube_cluster, "pod", "ps", "--format", "{{.Name}}")
         ),
         timeout=30,
         message="the pod's containers and podman pod to be removed",
