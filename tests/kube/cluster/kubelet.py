@@ -28,7 +28,7 @@ from typing import Any
 
 import aiohttp.web
 
-from .runtimes import ConfigError, make_runtime
+from .runtimes import ConfigError, killpg, make_runtime
 from .store import (
     ApiError,
     Store,
@@ -1303,8 +1303,13 @@ class Kubelet:
                 await asyncio.sleep(0.05)
             # Kill whatever is left (e.g. nanny children).
             self.runtime.signal(pr, c, signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                c.proc.wait(5)
+            until = time.monotonic() + 5
+            while c.proc.poll() is None and time.monotonic() < until:
+                await asyncio.sleep(0.05)
+            if c.proc.poll() is None:  # e.g. a container that podman never started
+                killpg(c.proc, signal.SIGKILL)
+                with contextlib.suppress(Exception):
+                    c.proc.wait(2)
             self._on_exit(pr, c)
         if not pr.gone and pod is not None and pod["metadata"].get("uid") == pr.uid:
             if pr.phase not in ("Succeeded", "Failed"):

@@ -20,11 +20,10 @@ import os
 import pathlib
 import random
 import shutil
-import signal
 import subprocess
 from typing import TYPE_CHECKING, Any
 
-from .runtimes import ConfigError, killpg, pdeathsig
+from .runtimes import ConfigError, pdeathsig
 
 if TYPE_CHECKING:
     from .kubelet import Container, Kubelet, PodRuntime
@@ -69,6 +68,7 @@ class PodmanRuntime:
             pathlib.Path(kubelet.kubeconfig).read_text().replace(host_url, pod_url)
         )
         self._image_users: dict[str, str] = {}
+        self._pending: list[subprocess.Popen] = []  # podman kill
         log.info("podman runtime: network %s %s, gateway %s", self.network, subnet, self.host_ip)
 
     def _create_network(self, wanted: str | None) -> str:
@@ -219,15 +219,19 @@ class PodmanRuntime:
         )
 
     def signal(self, pr: PodRuntime, c: Container, sig: int) -> None:
+        """`podman kill`, not waited for: the kubelet (and the API server on its event loop)
+        must not block while podman waits for a lock (a `--rm` cleanup, a `pod rm`), which
+        took tens of seconds here. The kubelet sees the effect when `podman run` exits."""
+        self._pending = [p for p in self._pending if p.poll() is None]
         if c.proc is None or c.proc.poll() is not None:
             return
-        r = subprocess.run(
-            ["podman", "kill", "--signal", str(int(sig)), self.container_name(pr, c)],
-            env=self.env, capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        if r.returncode != 0 and sig == signal.SIGKILL:
-            # not created yet (or gone): stop the client; stop_pod removes what is left
-            killpg(c.proc, signal.SIGKILL)
+        argv = ["podman", "kill", "--signal", str(int(sig)), self.container_name(pr, c)]
+        quiet = {
+            "stdin": subprocess.DEVNULL,
+            "stdout": subprocess.DEVNULL,
+            "stderr": subprocess.DEVNULL,
+        }
+        self._pending.append(subprocess.Popen(argv, env=self.env, start_new_session=True, **quiet))
 
     def exec_argv(
         self, pr: PodRuntime, c: Container, command: list[str]
