@@ -220,8 +220,9 @@ class PodmanRuntime:
 
     def signal(self, pr: PodRuntime, c: Container, sig: int) -> None:
         """`podman kill`, not waited for: the kubelet (and the API server on its event loop)
-        must not block while podman waits for a lock (a `--rm` cleanup, a `pod rm`), which
-        took tens of seconds here. The kubelet sees the effect when `podman run` exits."""
+        must not block while podman waits for a lock (a `--rm` cleanup, a `pod rm`). The
+        kubelet sees the effect when `podman run` exits (and kills that client if it does
+        not, e.g. for a container podman never created)."""
         self._pending = [p for p in self._pending if p.poll() is None]
         if c.proc is None or c.proc.poll() is not None:
             return
