@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TESTSTAMP := $(VENV)/.installed-test
 BENCHSTAMP := $(VENV)/.installed-bench
 
-.PHONY: help install demo test test-fast lint format bench bench-quick image image-test lock kube-up test-kind clean
+.PHONY: help install demo test test-fast lint format bench bench-quick image image-test lock kube-up test-kind test-kube-containers clean
 
 help:
 	@echo "make demo   - install and run examples/montecarlo.yaml on a local Dask cluster"
@@ -17,6 +17,8 @@ help:
 	@echo "make image-test - build it and run it as the pods do (podman; part of make test when installed)"
 	@echo "make lock   - regenerate image-requirements.txt from pyproject.toml"
 	@echo "make lint | format | kube-up | test-kind | clean"
+	@echo "make test-kube-containers - build the image and run the kube e2e suite with every pod a podman"
+	@echo "    container of it (SWEEP_TEST_POD_RUNTIME=podman; make test runs pods as processes)"
 	@echo "make test-kind - the kube e2e tests (pytest -m kube) on a real cluster such as kind; set"
 	@echo "    SWEEP_TEST_KUBECONFIG  the cluster's kubeconfig (the Dask operator installed in it)"
 	@echo "    SWEEP_TEST_IMAGE       the sweep-runner image the cluster can run (kind load docker-image)"
@@ -99,6 +101,12 @@ test-kind: $(TESTSTAMP)
 	@test -n "$$SWEEP_TEST_KUBECONFIG" || { echo "set SWEEP_TEST_KUBECONFIG to a kind cluster's kubeconfig"; exit 2; }
 	@test -n "$$SWEEP_TEST_IMAGE" || { echo "set SWEEP_TEST_IMAGE to the sweep-runner image loaded into the cluster (e.g. sweep-runner:ci, see make help)"; exit 2; }
 	$(BIN)/python -m pytest -q -m kube
+
+# the kube e2e suite with pods as containers of the real image (tests/kube/README.md);
+# the `image` fixture builds it as image-test does
+test-kube-containers: $(TESTSTAMP)
+	SWEEP_TEST_POD_RUNTIME=podman $(BIN)/python -m pytest -q tests/kube/test_containers.py \
+	  tests/kube/test_e2e.py tests/kube/test_failures.py
 
 clean:
 	rm -rf .venv-tools

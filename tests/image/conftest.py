@@ -9,7 +9,6 @@ engine (default podman), ``SWEEP_TEST_PYTHON_IMAGE`` the base.
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import subprocess
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.image.engines import BASE_STAND_IN, IMAGE, ROOT, Containers, Engine
+from tests.image.engines import BASE_STAND_IN, IMAGE, ROOT, Containers, Engine, containers_conf
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -26,23 +25,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
             item.add_marker(pytest.mark.image)
             item.add_marker(pytest.mark.slow)
-
-
-def _containers_conf(path: Path) -> Path:
-    """podman's defaults ask for rlimits this sandbox's runc may not set (nofile 1048576).
-
-    nofile: this process's hard limit; nproc: at most 32768, the highest that runc could
-    set here (65536 and up failed with 'error setting rlimit type 6').
-    """
-    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    nproc = min(resource.getrlimit(resource.RLIMIT_NPROC)[1], 32768)
-    path.write_text(
-        "[containers]\n"
-        f'default_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]\n'
-        "[engine]\n"
-        'runtime = "runc"\n'
-    )
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +35,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     env = dict(os.environ)
     if exe == "podman" and "CONTAINERS_CONF" not in env and shutil.which("runc"):
         env["CONTAINERS_CONF"] = str(
-            _containers_conf(tmp_path_factory.mktemp("podman") / "containers.conf")
+            containers_conf(tmp_path_factory.mktemp("podman") / "containers.conf")
         )
     return Engine(exe, env)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import time
 import uuid
@@ -17,6 +18,23 @@ AS_THE_PODS = [
     "--user", f"{UID}:{UID}", "--read-only", "--tmpfs", "/tmp:rw,mode=1777",
     "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
 ]  # fmt: skip
+
+
+def containers_conf(path: Path) -> Path:
+    """podman's defaults ask for rlimits this sandbox's runc may not set (nofile 1048576).
+
+    nofile: this process's hard limit; nproc: at most 32768, the highest that runc could
+    set here (65536 and up failed with 'error setting rlimit type 6').
+    """
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nproc = min(resource.getrlimit(resource.RLIMIT_NPROC)[1], 32768)
+    path.write_text(
+        "[containers]\n"
+        f'default_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]\n'
+        "[engine]\n"
+        'runtime = "runc"\n'
+    )
+    return path
 
 
 @dataclass

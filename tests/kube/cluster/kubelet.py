@@ -1,10 +1,11 @@
-"""The "process kubelet": Deployment/Job controllers, service endpoints/DNS,
-and a pod runtime that runs every container as a local process.
+"""The kubelet: Deployment/Job controllers, service endpoints/DNS, and the pods'
+lifecycle (phases, restarts, probes, statuses, grace periods, logs).
 
-It runs on the API server's event loop and talks to the store directly.
-Each pod gets its own 127.B.x.y address, its own mount+UTS namespace
-(``unshare``) with its volumes and an /etc/hosts bind-mounted in, and its
-Python processes get ``podshim/sitecustomize.py`` (wildcard binds -> pod IP).
+It runs on the API server's event loop and talks to the store directly. How a
+container is started is the container runtime's business (``runtimes.py``): a local
+process by default (its own 127.B.x.y address, mount+UTS namespace, volumes and
+/etc/hosts bind-mounted in, ``podshim/sitecustomize.py`` for wildcard binds), or a
+podman container of its image (``podman.py``, ``SWEEP_TEST_POD_RUNTIME=podman``).
 """
 
 from __future__ import annotations
@@ -12,24 +13,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import ctypes
 import dataclasses
 import hashlib
 import json
 import logging
 import os
 import pathlib
-import random
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from typing import Any
 
 import aiohttp.web
 
+from .runtimes import ConfigError, killpg, make_runtime
 from .store import (
     ApiError,
     Store,
@@ -42,8 +41,6 @@ from .store import (
 log = logging.getLogger("kube-emu.kubelet")
 
 HERE = pathlib.Path(__file__).parent
-PODRUN = HERE / "podrun.py"
-PODSHIM = HERE / "podshim"
 NODE_NAME = "kube-emu-node"
 # Job pods carry it until the Job controller has counted them (as in k8s >= 1.26).
 JOB_TRACKING_FINALIZER = "batch.kubernetes.io/job-tracking"
@@ -59,15 +56,6 @@ def expand(text: str, env: dict[str, str]) -> str:
         return env[name] if name in env else m.group(0)
 
     return VAR_REF.sub(sub, text)
-
-
-def _pdeathsig() -> None:
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-class ConfigError(Exception):
-    """Referenced ConfigMap/Secret missing: the container cannot be created yet."""
 
 
 @dataclasses.dataclass
@@ -125,21 +113,13 @@ class Kubelet:
         self.pods: dict[tuple[str, str], PodRuntime] = {}
         self.dirty = asyncio.Event()
         self.ip_next = 0
-        # Pod IPs are 127.<B>.x.y with <B> random per cluster, so that two emulated clusters
-        # on one machine (parallel test runs) do not hand out the same addresses.
-        # (127.0.x.y is left to the host, 127.1.x.y is used for placeholder ClusterIPs.)
-        self.ip_block = random.randint(2, 254)
         self.free_ips: list[str] = []
         self.dns_dir = state_dir / "dns"
         self.dns_dir.mkdir(parents=True, exist_ok=True)
-        self.bin_dir = state_dir / "bin"
-        self.bin_dir.mkdir(parents=True, exist_ok=True)
-        self.venv_bin = pathlib.Path(sys.executable).parent
         self._hosts_written: dict[str, str] = {}
         self._base_hosts = self._read_base_hosts()
         self._job_backoff: dict[str, float] = {}
-        self.host_paths: dict[str, set[str]] = {}  # created on the host -> pod uids using them
-        self._make_shims()
+        self.runtime = make_runtime(self)
         self._sub = store.subscribe(None, lambda ev: self.dirty.set())
         self._stopping = False
         self.global_hosts = self.dns_dir / "hosts"
@@ -154,20 +134,12 @@ class Kubelet:
             text = "127.0.0.1 localhost\n"
         return text.rstrip("\n") + "\n# --- kube-emu ---\n"
 
-    def _make_shims(self) -> None:
-        # Old console scripts that dask images have but modern distributed dropped.
-        for name, sub in (("dask-scheduler", "scheduler"), ("dask-worker", "worker")):
-            if not (self.venv_bin / name).exists():
-                p = self.bin_dir / name
-                p.write_text(f'#!/bin/sh\nexec "{self.venv_bin}/dask" {sub} "$@"\n')
-                p.chmod(0o755)
-
     def alloc_ip(self) -> str:
         if self.free_ips:
             return self.free_ips.pop(0)
         n = self.ip_next
         self.ip_next += 1
-        return f"127.{self.ip_block}.{n // 250}.{2 + n % 250}"
+        return self.runtime.pod_ip(n)
 
     # ------------------------------------------------------------------ main loop
 
@@ -196,16 +168,17 @@ class Kubelet:
             pr.gone = True
             if pr.task:
                 pr.task.cancel()
-        procs = [c.proc for pr in self.pods.values() for c in pr.init + pr.containers if c.proc]
-        for p in procs:
-            _killpg(p, signal.SIGTERM)
+        running = [(pr, c) for pr in self.pods.values() for c in pr.init + pr.containers if c.proc]
+        for pr, c in running:
+            self.runtime.signal(pr, c, signal.SIGTERM)
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        while time.monotonic() < deadline and any(c.proc.poll() is None for _, c in running):
             await asyncio.sleep(0.1)
-        for p in procs:
-            _killpg(p, signal.SIGKILL)
+        for pr, c in running:
+            self.runtime.signal(pr, c, signal.SIGKILL)
             with contextlib.suppress(Exception):
-                p.wait(2)
+                c.proc.wait(2)
+        await self.runtime.shutdown()
 
     # ------------------------------------------------------------------ helpers
 
@@ -761,8 +734,8 @@ class Kubelet:
                 phase="Pending",
                 podIP=ip,
                 podIPs=[{"ip": ip}],
-                hostIP="127.0.0.1",
-                hostIPs=[{"ip": "127.0.0.1"}],
+                hostIP=self.runtime.host_ip,
+                hostIPs=[{"ip": self.runtime.host_ip}],
                 startTime=ts,
             )
             st["conditions"] = [
@@ -797,6 +770,7 @@ class Kubelet:
         try:
             pod = self.store.try_get(rt, pr.ns, pr.name)
             policy = (pod or {}).get("spec", {}).get("restartPolicy", "Always")
+            await self.runtime.start_pod(pr)
             # Init containers, one after another.
             for c in pr.init:
                 while not pr.terminating:
@@ -963,13 +937,14 @@ class Kubelet:
                 writer.close()
                 return True
             if "exec" in probe:
-                launch = (pr.launch or {}).get(c.name)
-                if not launch:
+                how = self.runtime.exec_argv(pr, c, probe["exec"].get("command", []))
+                if not how:
                     return False
+                argv, env, cwd = how
                 proc = await asyncio.create_subprocess_exec(
-                    *probe["exec"].get("command", []),
-                    env=launch["env"],
-                    cwd=launch["cwd"],
+                    *argv,
+                    env=env,
+                    cwd=cwd,
                     stdout=asyncio.subprocess.DEVNULL,
                     stderr=asyncio.subprocess.DEVNULL,
                 )
@@ -988,44 +963,21 @@ class Kubelet:
             pr.terminating = True
             return
         try:
-            spec = self._launch_spec(pr, pod, c)
+            spec = self.runtime.prepare(pr, c, self._container_config(pr, pod, c))
         except ConfigError as e:
             c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
             c.next_start = time.monotonic() + 1.0
             return
         pr.launch = pr.launch or {}
         pr.launch[c.name] = spec
-        spec_path = pr.dir / f"launch-{c.name}.json"
-        spec_path.write_text(json.dumps(spec))
         if c.started_at is not None:  # a restart
             c.restart_count += 1
             if c.last_terminated:
                 c.last_state = {"terminated": c.last_terminated}
         c.log_path = pr.dir / "logs" / f"{c.name}-{c.restart_count}.log"
         logf = open(c.log_path, "ab")  # noqa: SIM115 (handed to Popen)
-        argv = [
-            "unshare",
-            "--mount",
-            "--uts",
-            "--propagation",
-            "private",
-            "--",
-            sys.executable,
-            "-I",
-            "-S",
-            str(PODRUN),
-            str(spec_path),
-        ]
         try:
-            c.proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_pdeathsig,
-                close_fds=True,
-            )
+            c.proc = self.runtime.start(pr, c, spec, logf)
         finally:
             logf.close()
         c.exit_code = None
@@ -1042,75 +994,28 @@ class Kubelet:
             pr.name,
             c.name,
             c.proc.pid,
-            spec["argv"],
+            spec.get("shown", spec["argv"]),
         )
 
-    def _launch_spec(self, pr: PodRuntime, pod: dict, c: Container) -> dict:
+    def _container_config(self, pr: PodRuntime, pod: dict, c: Container) -> dict:
+        """What the runtime needs to start the container (see runtimes.py)."""
         cspec = c.spec
         env = self._env(pr, pod, cspec)
-        command = [expand(x, env) for x in cspec.get("command") or []]
-        args = [expand(x, env) for x in cspec.get("args") or []]
-        argv = command + args if command else args
-        if not argv:
-            raise ConfigError(
-                f"container {c.name!r} has neither command nor args (images are not emulated)"
-            )
         mounts = self._volume_mounts(pr, pod, cspec)
         mounts.append({"src": str(self.hosts_file(pr.ns)), "dst": "/etc/hosts", "readOnly": False})
-        cwd = cspec.get("workingDir")
-        if not cwd:
-            cwd = str(pr.dir / "work" / c.name)
-            os.makedirs(cwd, exist_ok=True)
-        for path, is_dir in [(m["dst"], os.path.isdir(m["src"])) for m in mounts] + [(cwd, True)]:
-            self._claim_host_path(pr, path, is_dir)
         return {
-            "argv": argv,
+            "image": cspec.get("image", ""),
+            "command": [expand(x, env) for x in cspec.get("command") or []],
+            "args": [expand(x, env) for x in cspec.get("args") or []],
             "env": env,
-            "cwd": cwd,
             "mounts": mounts,
+            "working_dir": cspec.get("workingDir") or "",
+            "security": {
+                **(pod["spec"].get("securityContext") or {}),
+                **(cspec.get("securityContext") or {}),
+            },
             "hostname": pr.name,
-            "overlay_dir": str(pr.dir / "overlay" / c.name),
-            # what the emulated pod needs from the host, kept visible under any volume
-            "keep_visible": sorted(
-                {str(self.dir), str(HERE.parents[2]), sys.prefix, sys.base_prefix}
-            ),
         }
-
-    def _claim_host_path(self, pr: PodRuntime, path: str, is_dir: bool) -> None:
-        """Mount points / working dirs that do not exist: podrun creates them inside an
-        overlay of their nearest existing parent, except directly under '/', which cannot
-        be overlaid; those are created on the host here and removed when no pod uses them."""
-        if os.path.lexists(path):
-            if path in self.host_paths:
-                self.host_paths[path].add(pr.uid)
-                pr.host_paths.add(path)
-            return
-        top, parent = path.rstrip("/"), os.path.dirname(path.rstrip("/"))
-        while not os.path.lexists(parent):
-            top, parent = parent, os.path.dirname(parent)
-        if parent != "/":
-            return
-        if is_dir:
-            os.makedirs(path, exist_ok=True)
-        else:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            open(path, "a").close()
-        self.host_paths.setdefault(top, set()).add(pr.uid)
-        pr.host_paths.add(top)
-
-    def _release_host_paths(self, pr: PodRuntime) -> None:
-        for top in pr.host_paths:
-            users = self.host_paths.get(top, set())
-            users.discard(pr.uid)
-            if users:
-                continue
-            self.host_paths.pop(top, None)
-            with contextlib.suppress(OSError):
-                if os.path.isdir(top) and not any(f for _, _, f in os.walk(top)):
-                    shutil.rmtree(top)
-                elif os.path.isfile(top) and os.path.getsize(top) == 0:
-                    os.unlink(top)
-        pr.host_paths.clear()
 
     # --- env
 
@@ -1136,18 +1041,7 @@ class Kubelet:
 
     def _env(self, pr: PodRuntime, pod: dict, cspec: dict) -> dict[str, str]:
         ns = pr.ns
-        env: dict[str, str] = {
-            "PATH": f"{self.bin_dir}:{self.venv_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME": "/root",
-            "HOSTNAME": pr.name,
-            "LANG": "C.UTF-8",
-            "TMPDIR": str(pr.dir / "tmp"),
-            "KUBERNETES_SERVICE_HOST": self.api_host,
-            "KUBERNETES_SERVICE_PORT": str(self.api_port),
-            "KUBECONFIG": self.kubeconfig,
-            "PYTHONUNBUFFERED": "1",
-        }
-        (pr.dir / "tmp").mkdir(exist_ok=True)
+        env: dict[str, str] = self.runtime.base_env(pr)
         for ef in cspec.get("envFrom") or []:
             prefix = ef.get("prefix", "")
             if "configMapRef" in ef:
@@ -1203,13 +1097,7 @@ class Kubelet:
                     if "cpu" in vf["resourceFieldRef"].get("resource", "")
                     else str(16 * 2**30)
                 )
-        # Our pod shim goes first on PYTHONPATH (chains to any other sitecustomize).
-        env["PYTHONPATH"] = str(PODSHIM) + (
-            ":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
-        )
-        env["KUBE_EMU_POD_IP"] = pr.ip
-        env["KUBE_EMU_POD"] = f"{pr.ns}/{pr.name}"
-        env["KUBE_EMU_STATE"] = str(self.dir)
+        self.runtime.finish_env(pr, env)
         return env
 
     # --- volumes
@@ -1273,6 +1161,7 @@ class Kubelet:
         target = pr.dir / "volumes" / vol["name"]
         if "emptyDir" in vol:
             target.mkdir(parents=True, exist_ok=True)
+            target.chmod(0o777)  # as the kubelet makes it: writable for any runAsUser
             return target
         if "hostPath" in vol:
             p = pathlib.Path(vol["hostPath"]["path"])
@@ -1402,7 +1291,7 @@ class Kubelet:
             )
         running = [c for c in pr.init + pr.containers if c.proc is not None]
         for c in running:
-            _killpg(c.proc, signal.SIGTERM)
+            self.runtime.signal(pr, c, signal.SIGTERM)
         deadline = time.monotonic() + float(grace)
         while (
             running and time.monotonic() < deadline and any(c.proc.poll() is None for c in running)
@@ -1410,12 +1299,17 @@ class Kubelet:
             await asyncio.sleep(0.1)
         for c in running:
             if c.proc.poll() is None:
-                _killpg(c.proc, signal.SIGKILL)
+                self.runtime.signal(pr, c, signal.SIGKILL)
                 await asyncio.sleep(0.05)
-            # Kill whatever is left in the process group (e.g. nanny children).
-            _killpg(c.proc, signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                c.proc.wait(5)
+            # Kill whatever is left (e.g. nanny children).
+            self.runtime.signal(pr, c, signal.SIGKILL)
+            until = time.monotonic() + 5
+            while c.proc.poll() is None and time.monotonic() < until:
+                await asyncio.sleep(0.05)
+            if c.proc.poll() is None:  # e.g. a container that podman never started
+                killpg(c.proc, signal.SIGKILL)
+                with contextlib.suppress(Exception):
+                    c.proc.wait(2)
             self._on_exit(pr, c)
         if not pr.gone and pod is not None and pod["metadata"].get("uid") == pr.uid:
             if pr.phase not in ("Succeeded", "Failed"):
@@ -1428,8 +1322,8 @@ class Kubelet:
                 self.store.delete(rt, pr.ns, pr.name, force=True)
         if self.pods.get((pr.ns, pr.name)) is pr:
             del self.pods[(pr.ns, pr.name)]
+        await self.runtime.stop_pod(pr)
         self.free_ips.append(pr.ip)
-        self._release_host_paths(pr)
         self.dirty.set()
 
     # ------------------------------------------------------------------ logs
@@ -1605,11 +1499,6 @@ def _match_pod_conditions(status: dict, patterns: list[dict]) -> dict | None:
             ):
                 return cond
     return None
-
-
-def _killpg(proc: subprocess.Popen, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
 
 
 def _parse_ts(ts: str) -> float:

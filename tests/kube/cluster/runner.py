@@ -17,7 +17,8 @@ import time
 import kmock
 
 from .apiserver import KubeEmulator
-from .kubelet import Kubelet, _pdeathsig
+from .kubelet import Kubelet
+from .runtimes import api_listen_host, pdeathsig
 
 log = logging.getLogger("kube-emu")
 
@@ -69,7 +70,7 @@ def start_operator(
             stdout=logf,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_pdeathsig,
+            preexec_fn=pdeathsig,
         )
     finally:
         logf.close()
@@ -90,7 +91,7 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     emu = KubeEmulator(dask_crds=dask_crds)
-    async with emu, kmock.Server(emu, host="127.0.0.1", port=port or None) as srv:
+    async with emu, kmock.Server(emu, host=api_listen_host(), port=port or None) as srv:
         url = f"http://127.0.0.1:{srv.port}"
         kubeconfig = state_dir / "kubeconfig"
         kubeconfig.write_text(KUBECONFIG_TEMPLATE.format(url=url))
