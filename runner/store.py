@@ -432,18 +432,22 @@ class Store:
         self.write_bytes(part_name(index), data)
         return len(data)
 
-    def list_partitions(self) -> dict[int, str]:
-        """Finished partitions: index -> path. A partition file exists whole or not at all."""
+    def _list(self, detail: bool) -> list[Any]:
+        """The output folder's entries, fresh (an absent folder is empty)."""
 
-        def ls() -> list[str]:
+        def ls() -> list[Any]:
             try:
                 self.fs.invalidate_cache(self.root)
-                return self.fs.ls(self.root, detail=False)
+                return self.fs.ls(self.root, detail=detail)
             except FileNotFoundError:
                 return []
 
+        return self._call(None, "listing it", ls)
+
+    def list_partitions(self) -> dict[int, str]:
+        """Finished partitions: index -> path. A partition file exists whole or not at all."""
         out = {}
-        for p in self._call(None, "listing it", ls):
+        for p in self._list(detail=False):
             m = PART_RE.match(p.rstrip("/").rsplit("/", 1)[-1])
             if m:
                 out[int(m.group(1))] = p
@@ -451,16 +455,8 @@ class Store:
 
     def partition_times(self) -> dict[int, float]:
         """Finished partitions: index -> when the file was written (seconds since the epoch)."""
-
-        def ls() -> list[dict[str, Any]]:
-            try:
-                self.fs.invalidate_cache(self.root)
-                return self.fs.ls(self.root, detail=True)
-            except FileNotFoundError:
-                return []
-
         out = {}
-        for info in self._call(None, "listing it", ls):
+        for info in self._list(detail=True):
             m = PART_RE.match(info["name"].rstrip("/").rsplit("/", 1)[-1])
             when = info.get("mtime", info.get("LastModified", info.get("last_modified")))
             if m and when is not None:

@@ -23,7 +23,7 @@ import shutil
 import subprocess
 from typing import TYPE_CHECKING, Any
 
-from .runtimes import ConfigError, pdeathsig
+from .runtimes import ConfigError, launch
 
 if TYPE_CHECKING:
     from .kubelet import Container, Kubelet, PodRuntime
@@ -207,16 +207,7 @@ class PodmanRuntime:
         return {"argv": argv, "shown": shown, "name": self.container_name(pr, c)}
 
     def start(self, pr: PodRuntime, c: Container, spec: dict, logf: Any) -> subprocess.Popen:
-        return subprocess.Popen(
-            spec["argv"],
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=pdeathsig,
-            close_fds=True,
-        )
+        return launch(spec["argv"], logf, env=self.env)
 
     def signal(self, pr: PodRuntime, c: Container, sig: int) -> None:
         """`podman kill`, not waited for: the kubelet (and the API server on its event loop)

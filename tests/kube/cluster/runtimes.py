@@ -65,6 +65,20 @@ def pdeathsig() -> None:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def launch(argv: list[str], logf: Any, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A container's process: its own session, output into ``logf``, dies with the cluster."""
+    return subprocess.Popen(
+        argv,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=pdeathsig,
+        close_fds=True,
+    )
+
+
 def killpg(proc: subprocess.Popen, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
@@ -166,15 +180,7 @@ class ProcessRuntime:
         spec_path.write_text(json.dumps(spec))
         argv = ["unshare", "--mount", "--uts", "--propagation", "private", "--"]
         argv += [sys.executable, "-I", "-S", str(PODRUN), str(spec_path)]
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=pdeathsig,
-            close_fds=True,
-        )
+        return launch(argv, logf)
 
     def signal(self, pr: PodRuntime, c: Container, sig: int) -> None:
         """Signal the container's processes (the whole process group: nanny children too)."""
