@@ -604,8 +604,8 @@ class SweepRun:
         done = [k for k in range(len(spans)) if k in self.done]
         if not done:
             return False
-        counts = {c.index: c for c in self.store.partition_counts(done)}
         paths = self.store.list_partitions()
+        counts = {c.index: c for c in self.store.partition_counts(done, listed=paths)}
         schema = self.store.read_footer(paths[done[0]])
         self.ctx.result_schema = schema_to_bytes(result_schema(schema, self.source.columns))
         longest = max(c.items for c in counts.values())

@@ -154,8 +154,7 @@ class Layout:
         rest = self.partitions - self.probes
         if not rest:
             return f"1 partition of {self.head:,} items" if self.partitions == 1 else lead
-        sizes = {self.descriptor(i).items for i in (self.probes, self.partitions - 1)}
-        sizes |= {s for _, s, _ in self.runs[self._run_of(self.probes) :]}
+        sizes = {s for _, s, _ in self.runs[self._run_of(self.probes) :]}
         spread = f"{max(sizes):,}" if len(sizes) == 1 else f"{max(sizes):,} down to {min(sizes):,}"
         return f"{lead}, then {rest:,} of {spread} items"
 

@@ -98,9 +98,9 @@ def progress(
     partitions written since the current run started; ``eta_s`` is ``None`` until
     there is one, and once the sweep has ended.
     """
-    store, manifest, _ = _open(url, storage_options)
+    store, manifest, parts = _open(url, storage_options)
     manifest = manifest or {}
-    counts = {c.index: c for c in store.partition_counts()}
+    counts = {c.index: c for c in store.partition_counts(listed=parts)}
     times = store.partition_times()
     total = manifest.get("items")
     done = sum(c.items for c in counts.values())

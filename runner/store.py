@@ -488,9 +488,14 @@ class Store:
 
         return self._call(path.rsplit("/", 1)[-1], "reading it", read)
 
-    def partition_counts(self, indices: Iterable[int] | None = None) -> list[PartitionCounts]:
-        """Read the footers (not the data) of finished partitions, in parallel."""
-        done = self.list_partitions()
+    def partition_counts(
+        self, indices: Iterable[int] | None = None, listed: Mapping[int, str] | None = None
+    ) -> list[PartitionCounts]:
+        """Read the footers (not the data) of finished partitions, in parallel.
+
+        ``listed`` is :meth:`list_partitions`' answer when the caller has it already.
+        """
+        done = self.list_partitions() if listed is None else listed
         wanted = sorted(done if indices is None else set(indices) & set(done))
 
         def one(i: int) -> PartitionCounts:
