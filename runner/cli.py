@@ -155,6 +155,11 @@ class Progress:
                 " running it again with each item in a child process, to find the item that"
                 " crashed it"
             )
+        elif event == "context-lost":
+            self._say(
+                f"{self.name}: the worker holding the sweep's context ({info['worker']}) was lost;"
+                " the partitions waiting for it run again"
+            )
         elif event == "drain":
             running = ", ".join(f"part-{i:05d}" for i in info["running"][:8])
             more = " …" if len(info["running"]) > 8 else ""

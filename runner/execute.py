@@ -370,8 +370,12 @@ class SweepRun:
         self.reports: dict[int, PartitionReport] = {}  # what this run computed
         self.pending: dict[str, tuple[Any, Descriptor]] = {}  # future key -> (future, partition)
         self.worker_losses: Counter[int] = Counter()
+        self.lost_contexts: set[str] = set()  # keys of context tasks lost with their worker
         self.isolated: set[int] = set()
         self.crashed_inline: set[str] = set()  # workers that died running items in-process
+        # (partition, worker) deaths forgiven as a neighbour's crash: once each, so a worker
+        # that keeps dying (or an unknown one, "?") cannot rerun a partition forever
+        self.forgiven: set[tuple[int, str]] = set()
         self.dashboard: str | None = None
         self.created = False  # this run created the output's manifest
         self.created_root = False  # ... and its local folder
@@ -758,7 +762,11 @@ class SweepRun:
                     try:
                         report = fut.result()
                     except KilledWorker as e:
-                        ac.update(self._isolate(desc, probe_seconds, e))
+                        if self._context_lost(e):  # not this partition's doing: run it again
+                            isolated = desc.index in self.isolated
+                            ac.update(self._submit([desc], probe_seconds, isolated=isolated))
+                        else:
+                            ac.update(self._isolate(desc, probe_seconds, e))
                         continue
                     except SweepError:
                         raise
@@ -939,13 +947,40 @@ class SweepRun:
         if self.inline is not None:
             self.inline.close(wait=self.status in (Status.SUCCEEDED, Status.FAILED))
 
+    def _context_lost(self, e: Exception) -> bool:
+        """Whether ``e`` is the context task's own loss (its worker died while it ran).
+
+        Every partition waiting for that task then fails with the same ``KilledWorker``.
+        The first drops the context, so the next submission makes a new one; a context
+        that keeps killing its workers fails the sweep after ``max-worker-losses``.
+        """
+        key = str(getattr(e, "task", ""))
+        if key in self.lost_contexts:
+            return True
+        holder = self._context[1] if self._context is not None else None
+        if holder is None or key != str(holder.key):
+            return False
+        self.lost_contexts.add(key)
+        self._context = None
+        worker = getattr(getattr(e, "last_worker", None), "address", "?")
+        self.emit("context-lost", {"worker": worker})
+        if len(self.lost_contexts) > int(config.get("isolation.max-worker-losses")):
+            raise InfrastructureError(
+                f"the sweep's context task lost its worker {len(self.lost_contexts)} times (last"
+                f" worker {worker}): check the worker logs (memory, the function's import),"
+                " then run the same command again to resume"
+            ) from e
+        return True
+
     def _isolate(self, desc: Descriptor, probe_seconds: float | None, e: Exception) -> list[Any]:
         """The partition's worker died: run it again, its items isolated in child processes."""
         worker = getattr(getattr(e, "last_worker", None), "address", "?")
         if desc.index not in self.isolated:
             self.crashed_inline.add(worker)
             self.worker_losses[desc.index] += 1
-        elif worker not in self.crashed_inline:  # not a neighbour's crash: count it
+        elif worker in self.crashed_inline and (desc.index, worker) not in self.forgiven:
+            self.forgiven.add((desc.index, worker))  # a neighbour's crash took it along
+        else:
             self.worker_losses[desc.index] += 1
             losses = self.worker_losses[desc.index]
             if losses > int(config.get("isolation.max-worker-losses")):

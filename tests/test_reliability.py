@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -238,6 +239,52 @@ def test_a_gracefully_retired_worker_is_not_evidence(tmp_path):
     assert "isolate" not in events
     df = runner.load_results(str(tmp_path / "out"))
     assert df["item"].tolist() == list(range(100)) and (df["attempts"] == 1).all()
+
+
+def test_a_worker_lost_while_it_computes_the_context_costs_nothing(tmp_path):
+    """The worker running the sweep's context task dies: every partition waiting for it
+    fails with that task's KilledWorker. The runner makes a new context and runs them again:
+    no isolation, no item blamed, every item once (before, the partitions were isolated and
+    failed again, forever, on the erred context)."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    from runner.clusters.base import SCHEDULER_CONFIG
+    from tests.funcs import HoldContext
+
+    marker = tmp_path / "context-worker.pid"
+    with dask.config.set(SCHEDULER_CONFIG):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0")
+    with cluster, Client(cluster) as c:
+        c.run(sys.path.insert, 0, str(ROOT))
+        c.register_plugin(HoldContext(str(marker)))
+        spec = build_spec(
+            {
+                "function": "tests.funcs:add",
+                "params": {"grid": {"a": list(range(10)), "b": list(range(10))}},
+                "output": str(tmp_path / "out"),
+                "partition_size": 10,
+            }
+        )
+        events: list[str] = []
+
+        def kill_the_context_worker():
+            wait_for(marker.exists, 60, "the context task to start")
+            time.sleep(0.2)
+            os.kill(int(marker.read_text()), signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_the_context_worker, daemon=True)
+        killer.start()
+        report = runner.execute.run_sweep(
+            spec, client=c, progress=lambda event, info: events.append(event)
+        )
+        killer.join(5)
+    assert "context-lost" in events, events
+    assert report.status == "succeeded" and report.isolated_partitions == 0, report
+    assert "isolate" not in events, events
+    df = runner.load_results(str(tmp_path / "out"))
+    assert df["item"].tolist() == list(range(100)) and (df["attempts"] == 1).all()
+    assert (df["result"] == df["a"] + df["b"]).all()
 
 
 # --------------------------------------------------------------------------- signals
