@@ -172,6 +172,9 @@ class KubernetesSpec(_Model):
     env_from_secret: str | None = None
     service_account: str | None = None
     startup_timeout: Annotated[float, Field(gt=0)] = 300.0
+    # true: through the Dask operator (DaskCluster); false: the runner creates the pods
+    # itself (no CRDs, no cluster-admin); auto: the operator where its CRD is installed
+    operator: bool | Literal["auto"] = "auto"
 
     @model_validator(mode="after")
     def _check_range(self) -> KubernetesSpec:

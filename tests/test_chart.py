@@ -34,6 +34,12 @@ CANARY = "canary-secret-value-0123456789"
 
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "spec-yaml": {"specYaml": PI, "spec": {"output": "s3://bucket/sweeps/pi"}},
+    # the other cluster mode (offline, `auto` finds no DaskCluster resource: pods)
+    "operator": {
+        "specYaml": PI,
+        "spec": {"output": "s3://bucket/sweeps/pi"},
+        "dask": {"operator": True},
+    },
     "inline-gpu": {
         "spec": {
             "name": "gpu-sim",
@@ -262,8 +268,10 @@ def test_notes_say_how_to_follow_the_dashboard_and_results(chart: Any) -> None:
 # ------------------------------------------------------------------ same as `sweep manifest`
 
 
-def test_chart_matches_sweep_manifest(chart: Any) -> None:
-    objs, _, _ = render(chart, {**VALUE_SETS["spec-yaml"], "s3Secret": "s3-credentials"})
+@pytest.mark.parametrize("operator", [True, False])
+def test_chart_matches_sweep_manifest(chart: Any, operator: bool) -> None:
+    values = {**VALUE_SETS["spec-yaml"], "s3Secret": "s3-credentials"}
+    objs, _, _ = render(chart, {**values, "dask": {"operator": operator}})
     chart_objs = by_kind(objs)
     spec = load_spec(ROOT / "examples" / "pi.yaml", output="s3://bucket/sweeps/pi")
     worker = cs.load_pod_template(None, "worker")
@@ -274,12 +282,14 @@ def test_chart_matches_sweep_manifest(chart: Any) -> None:
             worker_template=worker,
             scheduler_template=scheduler,
             spec_data={**yaml.safe_load(PI), "output": "s3://bucket/sweeps/pi"},
-            options=mf.ManifestOptions(namespace="sweeps", secret="s3-credentials"),
+            options=mf.ManifestOptions(
+                namespace="sweeps", secret="s3-credentials", operator=operator
+            ),
         )
     )
     for kind in ours:
         assert chart_objs[kind]["metadata"]["name"] == ours[kind]["metadata"]["name"], kind
-    assert chart_objs["Role"]["rules"] == ours["Role"]["rules"] == mf.RBAC_RULES
+    assert chart_objs["Role"]["rules"] == ours["Role"]["rules"] == mf.rbac_rules(operator)
     assert chart_objs["RoleBinding"]["roleRef"] == ours["RoleBinding"]["roleRef"]
     assert chart_objs["RoleBinding"]["subjects"] == ours["RoleBinding"]["subjects"]
     cj, oj = chart_objs["Job"]["spec"], ours["Job"]["spec"]
@@ -320,6 +330,19 @@ def test_chart_matches_sweep_manifest(chart: Any) -> None:
         od["scheduler-template.yaml"]
     )
     assert yaml.safe_load(cd["spec.yaml"]) == yaml.safe_load(od["spec.yaml"])
+
+
+def test_chart_operator_auto_follows_the_clusters_api_versions(chart: Any) -> None:
+    """`auto` (the default) renders for the operator only where the cluster serves its
+    DaskCluster resource; offline (helm template, the SDK) it does not: pods, and the
+    runner is told so, so its Role and its mode agree."""
+    objs, _, _ = render(chart, VALUE_SETS["spec-yaml"])
+    kinds = by_kind(objs)
+    assert kinds["Role"]["rules"] == mf.rbac_rules(False)
+    spec = yaml.safe_load(kinds["ConfigMap"]["data"]["spec.yaml"])
+    assert spec["cluster"]["kubernetes"]["operator"] is False
+    objs, _, _ = render(chart, {**VALUE_SETS["spec-yaml"], "dask": {"operator": "auto"}})
+    assert by_kind(objs)["Role"]["rules"] == mf.rbac_rules(False)
 
 
 def test_chart_pod_templates_are_the_packaged_ones() -> None:

@@ -189,6 +189,84 @@ def test_dask_cluster_matches_the_crd(kube: KubernetesSpec) -> None:
         assert dask_container(resource, "scheduler")["image"] == kube.image
 
 
+# --------------------------------------------------------------------------- pod mode
+
+
+def _resource(kube: KubernetesSpec | None = None) -> dict:
+    worker, scheduler = defaults()
+    return cs.build_cluster_spec(
+        "pi-0a1b2c",
+        kube or KubernetesSpec(env_from_secret="s3", worker_threads=2),
+        worker_template=worker,
+        scheduler_template=scheduler,
+        labels=cs.sweep_labels("pi", "dask-cluster"),
+        owner={"apiVersion": "v1", "kind": "Pod", "name": "pi-sweep-x", "uid": "1234"},
+        idle_timeout=600,
+    )
+
+
+def test_pod_mode_objects_are_the_operators_layout_as_valid_pods() -> None:
+    """Without the operator the runner creates what the operator would from the same
+    DaskCluster: the same pod specs, labels and Service, owned by the runner pod."""
+    from runner.kube import pods
+
+    resource = _resource()
+    sched, svc = pods.scheduler_pod(resource), pods.scheduler_service(resource)
+    worker = pods.worker_pod(resource, pods.worker_name("pi-0a1b2c", 3), "sweeps")
+    for obj in (sched, svc, worker):
+        kubecheck.validate(obj)  # strictly valid built-in objects
+        assert obj["metadata"]["ownerReferences"] == resource["metadata"]["ownerReferences"]
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == "pi"
+        assert labels["dask.org/cluster-name"] == "pi-0a1b2c"
+    assert sched["metadata"]["name"] == svc["metadata"]["name"] == "pi-0a1b2c-scheduler"
+    assert svc["spec"] == resource["spec"]["scheduler"]["service"]
+    # the Service selects the scheduler pod, and only it
+    assert svc["spec"]["selector"].items() <= sched["metadata"]["labels"].items()
+    assert not svc["spec"]["selector"].items() <= worker["metadata"]["labels"].items()
+    assert worker["metadata"]["name"] == "pi-0a1b2c-worker-3"
+    assert worker["metadata"]["labels"]["dask.org/component"] == "worker"
+    # the pod specs are the DaskCluster's, plus what a controller would add
+    for pod, part in ((sched, "scheduler"), (worker, "worker")):
+        spec = {k: v for k, v in pod["spec"].items() if k != "restartPolicy"}
+        want = resource["spec"][part]["spec"]
+        assert {k: v for k, v in spec.items() if k != "containers"} == {
+            k: v for k, v in want.items() if k != "containers"
+        }
+        assert pod["spec"]["restartPolicy"] == "OnFailure"
+    c = worker["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["DASK_WORKER_NAME"] == "pi-0a1b2c-worker-3"
+    assert env["DASK_SCHEDULER_ADDRESS"] == (
+        "tcp://pi-0a1b2c-scheduler.sweeps.svc.cluster.local:8786"
+    )
+    assert c["envFrom"] == [{"secretRef": {"name": "s3"}}]
+    assert "$(DASK_WORKER_NAME)" in c["args"] and "--nthreads" in c["args"]
+    senv = {e["name"]: e.get("value") for e in sched["spec"]["containers"][0]["env"]}
+    assert senv["DASK_DISTRIBUTED__SCHEDULER__IDLE_TIMEOUT"] == "600s"  # the operator's job
+    assert "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES" in senv
+
+
+def test_a_worker_pod_is_lost_when_deleted_disrupted_or_finished() -> None:
+    from runner.kube import pods
+
+    def pod(meta: dict | None = None, **status: object) -> dict:
+        return {"metadata": meta or {}, "status": status}
+
+    assert pods.lost(pod(phase="Running")) is None
+    assert pods.lost(pod(phase="Pending")) is None
+    assert pods.lost(pod({"deletionTimestamp": "2026-01-01T00:00:00Z"}, phase="Running"))
+    evicted = pod(
+        phase="Running",
+        conditions=[
+            {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}
+        ],
+    )
+    assert pods.lost(evicted) == "disrupted (EvictionByEvictionAPI)"
+    assert pods.lost(pod(phase="Failed", reason="Evicted")) == "failed (Evicted)"
+    assert pods.lost(pod(phase="Succeeded")) == "succeeded"
+
+
 def test_dask_cluster_layout_is_make_cluster_spec_layout() -> None:
     from dask_kubernetes.operator import make_cluster_spec
 
@@ -484,16 +562,44 @@ def test_manifests_are_valid_kubernetes(opts: dict) -> None:
         assert o["metadata"]["name"] == mf.fullname(instance)
 
 
+def _granted(role: dict) -> dict[tuple[str, str], set[str]]:
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    return granted
+
+
+def test_rbac_in_pod_mode_is_pods_and_services_only() -> None:
+    """operator: false: no custom resources; the runner creates and deletes its own pods and
+    the scheduler Service; nothing else (no Secrets, no patch, nothing cluster-wide)."""
+    role = by_kind(build(namespace="sweeps", operator=False))["Role"]
+    assert _granted(role) == {
+        ("", "pods"): {"get", "list", "watch", "create", "delete"},
+        ("", "services"): {"get", "list", "watch", "create", "delete"},
+        ("", "pods/log"): {"get"},
+    }
+    # auto (the spec's default, `sweep manifest` offline): both, the runner decides
+    auto = _granted(by_kind(build(namespace="sweeps"))["Role"])
+    assert auto[("", "pods")] >= {"create", "delete"}
+    assert ("kubernetes.dask.org", "daskclusters") in auto
+
+
+def test_a_decided_mode_is_written_into_the_runners_spec() -> None:
+    for operator in (True, False):
+        cm = by_kind(build(namespace="sweeps", operator=operator))["ConfigMap"]
+        spec = yaml.safe_load(cm["data"]["spec.yaml"])
+        assert spec["cluster"]["kubernetes"]["operator"] is operator
+    cm = by_kind(build(namespace="sweeps"))["ConfigMap"]
+    assert "operator" not in yaml.safe_load(cm["data"]["spec.yaml"])["cluster"]["kubernetes"]
+
+
 def test_rbac_is_namespaced_and_minimal() -> None:
-    objs = by_kind(build(namespace="sweeps"))
+    objs = by_kind(build(namespace="sweeps", operator=True))
     assert "ClusterRole" not in objs and "ClusterRoleBinding" not in objs
     role, binding = objs["Role"], objs["RoleBinding"]
-    granted = {
-        (group, resource): set(rule["verbs"])
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-    }
+    granted = _granted(role)
     assert set(granted) == {
         ("kubernetes.dask.org", "daskclusters"),
         ("kubernetes.dask.org", "daskworkergroups"),
@@ -693,12 +799,15 @@ class FakeApi(http.server.BaseHTTPRequestHandler):
     """A Kubernetes API that knows no custom resources: /version, and 404 or 403 for the rest."""
 
     status_for_dask = 404
+    status_for_pods = 404
 
     def do_GET(self) -> None:
         if self.path.rstrip("/") == "/version":
             self._send(200, {"major": "1", "minor": "33", "gitVersion": "v1.33.0"})
-        elif "kubernetes.dask.org" in self.path:
-            code = self.status_for_dask
+        elif "kubernetes.dask.org" in self.path or "/pods" in self.path:
+            code = (
+                self.status_for_dask if "kubernetes.dask.org" in self.path else self.status_for_pods
+            )
             self._send(code, {"kind": "Status", "apiVersion": "v1", "code": code, "message": "no"})
         else:
             self._send(404, {"kind": "Status", "apiVersion": "v1", "code": 404, "message": "nope"})
@@ -747,17 +856,30 @@ def fake_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[type[F
 
 
 def test_provider_says_how_to_install_the_operator(fake_api: type[FakeApi]) -> None:
-    provider = make_provider(KubernetesSpec())
+    provider = make_provider(KubernetesSpec(operator=True))
     with pytest.raises(InfrastructureError) as e, provider:
         pass
     text = str(e.value)
     assert "DaskCluster custom resource is not installed" in text
     assert "helm repo add dask https://helm.dask.org" in text and "\n" not in text
+    assert "cluster.kubernetes.operator: false" in text
+
+
+def test_provider_in_auto_mode_runs_pods_where_the_crd_is_missing(
+    fake_api: type[FakeApi], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """auto: a 404 for DaskClusters means pods; this API then refuses pods too (403), which
+    is the error, naming pods and the Role to use."""
+    fake_api.status_for_pods = 403
+    provider = make_provider(KubernetesSpec())
+    with pytest.raises(InfrastructureError, match=r"not allowed to manage pods.*sweeps"), provider:
+        pass
+    assert "runs the Dask cluster as plain pods" in capsys.readouterr().err
 
 
 def test_provider_says_when_rbac_is_missing(fake_api: type[FakeApi]) -> None:
     fake_api.status_for_dask = 403
-    provider = make_provider(KubernetesSpec())
+    provider = make_provider(KubernetesSpec(operator=True))
     with (
         pytest.raises(InfrastructureError, match=r"not allowed to manage DaskClusters.*sweeps"),
         provider,
@@ -771,7 +893,14 @@ def test_submit_checks_for_the_operator(fake_api: type[FakeApi]) -> None:
     api = KubeApi()
     assert api.namespace == "sweeps"  # the kubeconfig context's
     with pytest.raises(InfrastructureError, match="helm repo add dask"):
-        api.check_operator()
+        api.cluster_mode(True)
+    said: list[str] = []
+    assert api.cluster_mode("auto", out=said.append) is False  # no CRD: pods
+    assert "plain pods" in said[0]
+    assert api.cluster_mode(False) is False
+    fake_api.status_for_dask = 403  # this account may not look: the runner decides
+    assert api.cluster_mode("auto") is None
+    assert api.cluster_mode(True) is True
 
 
 # --------------------------------------------------------------------------- submit helpers

@@ -250,7 +250,7 @@ def test_a_worker_lost_while_it_computes_the_context_costs_nothing(tmp_path):
     from distributed import Client, LocalCluster
 
     from runner.clusters.base import SCHEDULER_CONFIG
-    from tests.funcs import HoldContext
+    from tests.plugins import HoldContext
 
     marker = tmp_path / "context-worker.pid"
     with dask.config.set(SCHEDULER_CONFIG):

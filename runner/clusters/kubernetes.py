@@ -1,8 +1,16 @@
-"""A Dask cluster on Kubernetes through the Dask operator, sized to the sweep.
+"""A Dask cluster on Kubernetes, sized to the sweep: through the Dask operator or as plain pods.
 
-The provider builds a ``DaskCluster`` from pod templates (:mod:`runner.kube.cluster_spec`),
-starts it with ``dask_kubernetes.operator.KubeCluster(custom_cluster_spec=...)``, and
-then follows the sweep: each time partitions finish, the most workers the rest of
+The provider builds a ``DaskCluster`` from pod templates (:mod:`runner.kube.cluster_spec`)
+and starts it in one of two modes (``cluster.kubernetes.operator``):
+
+- **operator**: ``dask_kubernetes.operator.KubeCluster(custom_cluster_spec=...)``; the
+  operator creates the pods;
+- **pods**: :class:`runner.clusters.kubepods.PodCluster`; the runner creates the same
+  pods itself, for clusters where the operator's CRDs are not installed (installing
+  them needs cluster-admin). ``auto`` (the default) picks the operator when its
+  ``DaskCluster`` resource is served and pods otherwise.
+
+Either way it then follows the sweep: each time partitions finish, the most workers the rest of
 the sweep can use, ``ScalingPolicy.workers(remaining)``, becomes the autoscaler's
 maximum (``cluster.adapt``), so the tail does not hold idle workers. :meth:`stop`
 scales to zero and deletes the cluster whatever happened.
@@ -19,6 +27,7 @@ owner of the DaskCluster so Kubernetes deletes it even if the runner is killed).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import secrets
@@ -77,6 +86,7 @@ class _State:
     loop_runner: Any = None
     cluster_name: str | None = None
     namespace: str | None = None
+    mode: str | None = None  # "operator" or "pods", once the preflight chose
     last_status: dict[str, str] = field(default_factory=dict)
     last_problems: list[Problem] = field(default_factory=list)
     started: bool = False  # the scheduler and a first worker came up
@@ -196,7 +206,9 @@ class KubernetesProvider(ClusterProvider):
         lo, hi = target
 
         async def adapt() -> None:
-            await kc.adapt(minimum=lo, maximum=hi)
+            adaptive = kc.adapt(minimum=lo, maximum=hi)
+            if inspect.isawaitable(adaptive):  # the operator's KubeCluster; SpecCluster's is not
+                await adaptive
 
         try:
             self._sync(adapt, timeout=60)
@@ -223,7 +235,7 @@ class KubernetesProvider(ClusterProvider):
                     # operator and the garbage collector finish it, instead of waiting on a
                     # cluster that may not answer (a crash-looping scheduler held its
                     # DaskCluster for a minute in the e2e tests).
-                    if self._sync_quiet(self._adelete, timeout=30):
+                    if self._sync_quiet(self._adelete, timeout=30) and st.mode == "operator":
                         self._say(
                             f"deleting DaskCluster {st.cluster_name} (Kubernetes removes its"
                             f" pods); check: kubectl get daskcluster {st.cluster_name}"
@@ -273,15 +285,13 @@ class KubernetesProvider(ClusterProvider):
             st = self._state
             reason = " ".join(str(e).split())[:300]
             self._say(
-                f"warning: could not delete DaskCluster {st.cluster_name} ({reason});"
-                " delete it with:"
-                f" kubectl delete daskcluster {st.cluster_name} -n {st.namespace or '<namespace>'}"
+                f"warning: could not delete {self._what()} {st.cluster_name} ({reason});"
+                f" delete it with: {self._delete_command()}"
             )
             return False
 
     async def _astart(self, resource: dict[str, Any]) -> None:
         import kr8s
-        from dask_kubernetes.operator import KubeCluster
         from tornado.ioloop import IOLoop
 
         st = self._state
@@ -293,27 +303,37 @@ class KubernetesProvider(ClusterProvider):
                 " choose a context with `kubectl config use-context`, or run inside a pod"
             ) from e
         st.namespace = self.namespace or api.namespace
-        await self._preflight(st.namespace)
+        st.mode = await self._preflight(st.namespace)
         worker_pod = resource["spec"]["worker"]["spec"]
         image = worker_pod["containers"][cs.dask_container_index(worker_pod, "worker")]["image"]
+        what = "DaskCluster" if st.mode == "operator" else "Dask cluster pods"
         self._say(
-            f"creating DaskCluster {st.cluster_name} in namespace {st.namespace} (workers"
+            f"creating {what} {st.cluster_name} in namespace {st.namespace} (workers"
             f" {self.kube.min_workers}..{self.kube.max_workers}, image {image})"
         )
         deadline = time.monotonic() + self.startup_timeout
-        kc = KubeCluster(
-            custom_cluster_spec=resource,
-            namespace=st.namespace,
-            shutdown_on_close=True,
-            resource_timeout=self.resource_timeout,
-            quiet=True,
-            asynchronous=True,
-            loop=IOLoop.current(),
-        )
+        if st.mode == "operator":
+            from dask_kubernetes.operator import KubeCluster
+
+            kc = KubeCluster(
+                custom_cluster_spec=resource,
+                namespace=st.namespace,
+                shutdown_on_close=True,
+                resource_timeout=self.resource_timeout,
+                quiet=True,
+                asynchronous=True,
+                loop=IOLoop.current(),
+            )
+        else:
+            from .kubepods import PodCluster
+
+            kc = PodCluster(resource, st.namespace, say=self._say)
         st.kube_cluster = kc
 
         async def create() -> None:
             await kc
+            if st.mode == "pods":
+                kc.scale(resource["spec"]["worker"]["replicas"])
             self._say(f"scheduler of {st.cluster_name} ready; waiting for a first worker")
             while not await self._worker_count(kc):
                 await asyncio.sleep(1)
@@ -342,27 +362,54 @@ class KubernetesProvider(ClusterProvider):
                 task.cancel()
             await asyncio.gather(starting, watching, return_exceptions=True)
 
-    async def _preflight(self, namespace: str) -> None:
-        """List DaskClusters: a 404 means the CRDs are missing, 403 missing RBAC."""
+    async def _preflight(self, namespace: str) -> str:
+        """Choose the mode and check access: ``"operator"`` or ``"pods"``.
+
+        Listing DaskClusters answers 404 when the CRD is not installed and 403 when the
+        runner may not use them; in ``auto`` mode either means pods. Pod mode lists pods
+        first, so a missing Role fails here and not halfway through the start.
+        """
+        want = self.kube.operator
+        if want is not False:
+            try:
+                async for _ in _dask_cluster_class().list(namespace=namespace):
+                    break
+                return "operator"
+            except Exception as e:
+                code = _status_code(e)
+                if want is True or code not in (401, 403, 404):
+                    raise self._access_error(e, namespace, "DaskClusters") from e
+                reason = "not installed" if code == 404 else f"not allowed here (HTTP {code})"
+                self._say(
+                    f"the DaskCluster resource is {reason}: the runner runs the Dask cluster"
+                    " as plain pods (cluster.kubernetes.operator: auto)"
+                )
+        from kr8s.asyncio.objects import Pod
+
         try:
-            async for _ in _dask_cluster_class().list(namespace=namespace):
+            async for _ in Pod.list(namespace=namespace, label_selector="dask.org/cluster-name"):
                 break
         except Exception as e:
-            code = _status_code(e)
-            if code == 404:
-                raise InfrastructureError(
-                    "the DaskCluster custom resource is not installed in this Kubernetes"
-                    f" cluster; {OPERATOR_HINT}"
-                ) from e
-            if code in (401, 403):
-                raise InfrastructureError(
-                    f"not allowed to manage DaskClusters in namespace {namespace!r} (HTTP {code});"
-                    " run with the service account and Role from `sweep manifest` / the Helm chart"
-                ) from e
-            raise InfrastructureError(
-                f"cannot reach the Kubernetes API ({type(e).__name__}: {e}); check KUBECONFIG"
-                " and the current context (kubectl cluster-info)"
-            ) from e
+            raise self._access_error(e, namespace, "pods") from e
+        return "pods"
+
+    def _access_error(self, e: BaseException, namespace: str, what: str) -> InfrastructureError:
+        code = _status_code(e)
+        if code == 404 and what == "DaskClusters":
+            return InfrastructureError(
+                "the DaskCluster custom resource is not installed in this Kubernetes"
+                f" cluster; {OPERATOR_HINT}, or set cluster.kubernetes.operator: false to run"
+                " the Dask cluster as plain pods"
+            )
+        if code in (401, 403):
+            return InfrastructureError(
+                f"not allowed to manage {what} in namespace {namespace!r} (HTTP {code});"
+                " run with the service account and Role from `sweep manifest` / the Helm chart"
+            )
+        return InfrastructureError(
+            f"cannot reach the Kubernetes API ({type(e).__name__}: {e}); check KUBECONFIG"
+            " and the current context (kubectl cluster-info)"
+        )
 
     async def _watch(self, name: str, namespace: str, deadline: float) -> None:
         """Poll the cluster's pods; raise on image pull errors, bad config, crash loops."""
@@ -398,14 +445,15 @@ class KubernetesProvider(ClusterProvider):
         st = self._state
         problems = st.last_problems
         pods = ", ".join(f"{k}: {v}" for k, v in st.last_status.items()) or "no pods yet"
-        hint = (
-            problems[0].message
-            if problems
-            else (
+        if problems:
+            hint = problems[0].message
+        elif st.mode == "pods":
+            hint = f"see kubectl describe pods -l dask.org/cluster-name={st.cluster_name}"
+        else:
+            hint = (
                 "is the Dask operator running? (kubectl get pods -A -l app.kubernetes.io/name="
                 "dask-kubernetes-operator)"
             )
-        )
         return (
             f"the Dask cluster {st.cluster_name} did not start within {self.startup_timeout:.0f}s"
             f" ({pods}); {hint}; raise cluster.kubernetes.startup_timeout if nodes are slow to come"
@@ -421,6 +469,8 @@ class KubernetesProvider(ClusterProvider):
                 f"the Dask scheduler pod of {self._state.cluster_name} is crash-looping;"
                 f" last log lines: {one_line(' '.join(lines).splitlines()) or '(none)'}"
             )
+        if _status_code(e) in (401, 403):
+            return self._access_error(e, self._state.namespace or "default", "pods and services")
         if "Custom Resource Definitions" in text or _status_code(e) == 404:
             return InfrastructureError(
                 f"the DaskCluster custom resource is missing; {OPERATOR_HINT}"
@@ -444,26 +494,34 @@ class KubernetesProvider(ClusterProvider):
         return len(info.get("workers", {}))
 
     async def _ateardown(self) -> None:
-        """Scale the workers to zero (graceful), then delete the DaskCluster and wait for it."""
-        kc = self._state.kube_cluster
+        """Scale the workers to zero (graceful), then delete the cluster and wait for it."""
+        st = self._state
+        kc = st.kube_cluster
         if kc is None:  # never got as far as creating it
             return
+        if st.mode == "operator":
+            try:
+                await asyncio.wait_for(kc.scale(0), 30)
+            except Exception as e:
+                log.debug("scaling %s to zero: %s", st.cluster_name, e)
         try:
-            await asyncio.wait_for(kc.scale(0), 30)
-        except Exception as e:
-            log.debug("scaling %s to zero: %s", self._state.cluster_name, e)
-        try:
+            # pods: SpecCluster retires the workers, then deletes their pods and the scheduler's
             await asyncio.wait_for(kc.close(timeout=120), 150)
         finally:
             await self._adelete()
-        self._say(f"deleted DaskCluster {self._state.cluster_name}")
+        self._say(f"deleted {self._what()} {st.cluster_name}")
 
     async def _adelete(self) -> None:
-        """Delete the DaskCluster by name (idempotent)."""
+        """Delete the DaskCluster, or in pod mode every pod and Service of it (idempotent)."""
         import kr8s
 
         st = self._state
-        if not st.cluster_name:
+        if not st.cluster_name or st.mode is None:  # the preflight stopped it: nothing made
+            return
+        if st.mode == "pods":
+            from .kubepods import delete_cluster_objects
+
+            await delete_cluster_objects(st.cluster_name, st.namespace or "default")
             return
         try:
             cluster = await _dask_cluster_class()(
@@ -481,6 +539,18 @@ class KubernetesProvider(ClusterProvider):
             if _status_code(e) == 404:
                 return
             raise
+
+    def _what(self) -> str:
+        return "DaskCluster" if self._state.mode != "pods" else "the pods of Dask cluster"
+
+    def _delete_command(self) -> str:
+        st = self._state
+        ns = st.namespace or "<namespace>"
+        if st.mode == "pods":
+            return (
+                f"kubectl delete pods,services -l dask.org/cluster-name={st.cluster_name} -n {ns}"
+            )
+        return f"kubectl delete daskcluster {st.cluster_name} -n {ns}"
 
     def _say(self, text: str) -> None:
         print(f"{self.sweep_name}: {text}", file=sys.stderr, flush=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -76,11 +77,14 @@ def build_objects(
     secret: str | None = None,
     output: str | None = None,
     instance: str | None = None,
+    resolve_operator: Callable[[bool | str], bool | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Load a spec and its pod templates and build the sweep's Kubernetes objects.
 
     A function given as ``path/to/file.py:fn`` travels in the ConfigMap (one file,
     mounted at ``/etc/sweep``); a module function must be importable in the image.
+    ``resolve_operator`` turns the spec's ``cluster.kubernetes.operator`` into the mode
+    the Role is made for (``sweep submit`` asks the cluster; ``None`` keeps the spec's).
 
     Raises
     ------
@@ -126,7 +130,10 @@ def build_objects(
                     " the spec's folder"
                 ) from e
             data["function"] = f"{mf.CONFIG_DIR}/{path.name}:{attr}"
-    options = mf.ManifestOptions(namespace=namespace, image=image, secret=secret, instance=instance)
+    operator = resolve_operator(kube.operator) if resolve_operator is not None else None
+    options = mf.ManifestOptions(
+        namespace=namespace, image=image, secret=secret, instance=instance, operator=operator
+    )
     return mf.build_manifests(
         spec,
         worker_template=worker,
@@ -196,8 +203,8 @@ def submit(
             secret=secret,
             output=output,
             instance=name,
+            resolve_operator=lambda requested: api.cluster_mode(requested, out=_say),
         )
-        api.check_operator()
         api.create(objs, out=_say)
         instance = objs[-1]["metadata"]["labels"]["app.kubernetes.io/instance"]
         _say(

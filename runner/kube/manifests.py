@@ -6,7 +6,8 @@ them through the API, and the Helm chart ``helm/sweep`` renders the same objects
 - ``ConfigMap`` ``<name>``: ``spec.yaml`` (the sweep, with ``cluster.kind: kubernetes``
   and the templates below), ``worker-template.yaml``, ``scheduler-template.yaml``;
 - ``ServiceAccount``, ``Role`` and ``RoleBinding`` ``<name>``: what the runner needs to
-  run its Dask cluster through the operator, in its namespace only;
+  run its Dask cluster (through the operator, or as its own pods: :func:`rbac_rules`), in
+  its namespace only;
 - ``Job`` ``<name>``: ``sweep run /etc/sweep/spec.yaml --cluster kubernetes`` in a
   locked-down container; its exit code is the CLI's (0 ok, 1 failure budget exceeded,
   2 bad input, 3 infrastructure).
@@ -32,6 +33,7 @@ from ..exceptions import SpecError
 from ..secrets import literal_secrets
 from ..spec import SweepSpec
 from . import cluster_spec as cs
+from . import pods
 
 CONFIG_DIR = "/etc/sweep"
 SPEC_KEY = "spec.yaml"
@@ -63,7 +65,7 @@ DEFAULT_RUNNER_RESOURCES: dict[str, Any] = {
 #: (waiting for the scheduler, diagnosing failures) and their logs; the scheduler
 #: Service get/list. Nothing cluster-wide, no Secrets, no pod creation (the operator
 #: creates the pods with its own account).
-RBAC_RULES: list[dict[str, Any]] = [
+DASK_RULES: list[dict[str, Any]] = [
     {
         "apiGroups": ["kubernetes.dask.org"],
         "resources": ["daskclusters", "daskautoscalers"],
@@ -74,6 +76,9 @@ RBAC_RULES: list[dict[str, Any]] = [
         "resources": ["daskworkergroups"],
         "verbs": ["get", "list", "watch", "patch"],
     },
+]
+RBAC_RULES: list[dict[str, Any]] = [
+    *DASK_RULES,
     {
         "apiGroups": [""],
         "resources": ["pods", "services"],
@@ -85,6 +90,17 @@ RBAC_RULES: list[dict[str, Any]] = [
         "verbs": ["get"],
     },
 ]
+
+
+def rbac_rules(operator: bool | str) -> list[dict[str, Any]]:
+    """The runner's Role for ``cluster.kubernetes.operator``: the operator's resources
+    (``True``), its own pods (``False``, :data:`runner.kube.pods.RBAC_RULES`), or both
+    (``"auto"``: the runner decides when it starts)."""
+    if operator is True:
+        return copy.deepcopy(RBAC_RULES)
+    if operator is False:
+        return copy.deepcopy(pods.RBAC_RULES)
+    return copy.deepcopy([*DASK_RULES, *pods.RBAC_RULES])
 
 
 @dataclass(frozen=True)
@@ -105,6 +121,10 @@ class ManifestOptions:
     instance
         The name of this sweep on the cluster (label ``app.kubernetes.io/instance``).
         Default: the spec's ``name``.
+    operator
+        Run the Dask cluster through the operator (``True``) or as the runner's own pods
+        (``False``), overriding the spec's ``cluster.kubernetes.operator``; the Role
+        follows. ``None``: the spec's (``auto``: a Role for both).
     """
 
     namespace: str | None = None
@@ -121,6 +141,8 @@ class ManifestOptions:
         default_factory=lambda: copy.deepcopy(DEFAULT_RUNNER_RESOURCES)
     )
     service_account_annotations: Mapping[str, str] = field(default_factory=dict)
+    #: overrides ``cluster.kubernetes.operator`` (``sweep submit`` resolves ``auto``)
+    operator: bool | None = None
 
 
 def fullname(instance: str) -> str:
@@ -187,6 +209,14 @@ def runner_spec_data(spec_data: Mapping[str, Any], secret: str | None) -> dict[s
     return data
 
 
+def _with_operator(spec_data: Mapping[str, Any], operator: bool) -> dict[str, Any]:
+    data = copy.deepcopy(dict(spec_data))
+    cluster = dict(data.get("cluster") or {})
+    cluster["kubernetes"] = {**dict(cluster.get("kubernetes") or {}), "operator": operator}
+    data["cluster"] = cluster
+    return data
+
+
 def _meta(name: str, instance: str, component: str, namespace: str | None) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "labels": cs.sweep_labels(instance, component)}
     if namespace:
@@ -244,6 +274,9 @@ def build_manifests(
     namespace = opts.namespace or kube.namespace
     image = opts.image or kube.image or cs.DEFAULT_IMAGE
     name = fullname(instance)
+    operator = kube.operator if opts.operator is None else opts.operator
+    if opts.operator is not None:  # decided at submit time: the runner does the same
+        data = _with_operator(data, opts.operator)
 
     config_data = {
         SPEC_KEY: to_yaml_doc(runner_spec_data(data, secret)),
@@ -263,7 +296,7 @@ def build_manifests(
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": _meta(name, instance, "runner", namespace),
-        "rules": copy.deepcopy(RBAC_RULES),
+        "rules": rbac_rules(operator),
     }
     subject: dict[str, Any] = {"kind": "ServiceAccount", "name": name}
     if namespace:

@@ -24,6 +24,7 @@ import yaml
 from ..exceptions import InfrastructureError, SpecError, SweepError
 from . import cluster_spec as cs
 from . import manifests as mf
+from .pods import CLUSTER_LABEL, COMPONENT_LABEL
 
 DASK_GROUP, DASK_VERSION = "kubernetes.dask.org", "v1"
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -106,10 +107,18 @@ class KubeApi:
 
     # ------------------------------------------------------------------ submit
 
-    def check_operator(self) -> None:
-        """Fail early when the DaskCluster CRD is missing (the Dask operator is not installed)."""
+    def cluster_mode(self, requested: bool | str = True, out: Printer = _ignore) -> bool | None:
+        """Decide ``cluster.kubernetes.operator`` for a sweep about to be submitted.
+
+        ``True``: the DaskCluster CRD must be installed (else an error with the install
+        hint); ``False``: pods, nothing to check; ``"auto"``: ``True`` where the CRD is
+        installed, ``False`` where it is not, ``None`` when this account may not look
+        (the runner decides in its pod, with a Role for both).
+        """
         from kubernetes.client.exceptions import ApiException
 
+        if requested is False:
+            return False
         try:
             self.custom.list_namespaced_custom_object(
                 DASK_GROUP,
@@ -119,15 +128,24 @@ class KubeApi:
                 limit=1,
                 _request_timeout=REQUEST_TIMEOUT,
             )
+            return True
         except ApiException as e:
             if e.status == 404:
+                if requested == "auto":
+                    out(
+                        "the Dask operator is not installed here (no DaskCluster resource):"
+                        " the runner will run the Dask cluster as plain pods"
+                    )
+                    return False
                 from .diagnose import OPERATOR_HINT
 
                 raise InfrastructureError(
-                    f"the DaskCluster custom resource is not installed; {OPERATOR_HINT}"
+                    f"the DaskCluster custom resource is not installed; {OPERATOR_HINT}, or set"
+                    " cluster.kubernetes.operator: false to run the Dask cluster as plain pods"
                 ) from e
             if e.status in (401, 403):
-                return  # the runner's own Role may still allow it; let the Job tell
+                # the runner's own Role may still allow it; let the Job tell
+                return True if requested is True else None
             raise api_error("checking for the Dask operator", e, self.namespace) from e
         except Exception as e:
             raise InfrastructureError(
@@ -284,6 +302,23 @@ class KubeApi:
             raise api_error("listing DaskClusters", e, self.namespace) from e
         return list(res.get("items", []))
 
+    def dask_pods(self, instance: str) -> list[tuple[str, Any]]:
+        """The pods and Services of the sweep's Dask clusters in pod mode (no operator owns them)."""
+        selector = f"{INSTANCE}={instance},{CLUSTER_LABEL}"
+        found: list[tuple[str, Any]] = []
+        for kind, lister in (
+            ("pod", self.core.list_namespaced_pod),
+            ("service", self.core.list_namespaced_service),
+        ):
+            items = self._call(
+                f"listing the Dask {kind}s of {instance}",
+                lister,
+                self.namespace,
+                label_selector=selector,
+            ).items
+            found += [(kind, o) for o in items if not _operator_owned(o)]
+        return found
+
     def spec_of(self, job: Any) -> dict[str, Any] | None:
         """The sweep spec in the Job's ConfigMap (``None`` when unreadable)."""
         from kubernetes.client.exceptions import ApiException
@@ -347,7 +382,8 @@ class KubeApi:
                     f" svc/{c['metadata']['name']}-scheduler 8787",
                 }
                 for c in clusters
-            ],
+            ]
+            + _pod_clusters(self.dask_pods(instance), self.namespace),
             "output": spec.get("output"),
             "progress": sweep_progress(spec),
             "exit_code": job_exit_code(job, pods),
@@ -492,7 +528,7 @@ class KubeApi:
             label_selector=selector + f",app.kubernetes.io/name={cs.PART_OF}",
         ).items
         clusters = self.dask_clusters(instance)
-        if not jobs and not clusters:
+        if not jobs and not clusters and not self.dask_pods(instance):
             raise SpecError(
                 f"no sweep {instance!r} in namespace {self.namespace} (pass --namespace?)"
             )
@@ -528,6 +564,21 @@ class KubeApi:
             except ApiException as e:
                 if e.status != 404:
                     raise api_error(f"deleting DaskCluster {name}", e, self.namespace) from e
+        for kind, obj in self.dask_pods(instance):  # pod mode: the runner's own pods
+            deleter = (
+                self.core.delete_namespaced_pod
+                if kind == "pod"
+                else self.core.delete_namespaced_service
+            )
+            try:
+                deleter(obj.metadata.name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
+                deleted.append(f"{kind}/{obj.metadata.name}")
+                out(f"{kind}/{obj.metadata.name} deleted")
+            except ApiException as e:
+                if e.status != 404:
+                    raise api_error(
+                        f"deleting {kind} {obj.metadata.name}", e, self.namespace
+                    ) from e
         helm_managed = False
         own = selector + f",app.kubernetes.io/name={cs.PART_OF}"
         for kind, lister, deleter in (
@@ -574,6 +625,36 @@ class KubeApi:
 
 INSTANCE = "app.kubernetes.io/instance"
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _pod_clusters(objs: list[tuple[str, Any]], namespace: str) -> list[dict[str, Any]]:
+    """``status``'s view of pod-mode Dask clusters: the scheduler's phase, live workers."""
+    out: dict[str, dict[str, Any]] = {}
+    for kind, obj in objs:
+        if kind != "pod":
+            continue
+        labels = obj.metadata.labels or {}
+        name = labels.get(CLUSTER_LABEL, "?")
+        c = out.setdefault(
+            name,
+            {
+                "name": name,
+                "phase": None,
+                "workers": 0,
+                "mode": "pods",
+                "dashboard": f"kubectl port-forward -n {namespace} svc/{name}-scheduler 8787",
+            },
+        )
+        if labels.get(COMPONENT_LABEL) == "scheduler":
+            c["phase"] = obj.status.phase if obj.status else None
+        elif obj.status and obj.status.phase in ("Pending", "Running"):
+            c["workers"] += 1
+    return list(out.values())
+
+
+def _operator_owned(obj: Any) -> bool:
+    owners = obj.metadata.owner_references or []
+    return any(o.kind in ("Deployment", "ReplicaSet", "DaskCluster") for o in owners)
 
 
 def api_error(action: str, e: Any, namespace: str) -> InfrastructureError:

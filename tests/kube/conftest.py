@@ -110,6 +110,27 @@ def kube_cluster(request):
             print(f"\nkube-emu state kept in {cluster.state_dir}")
 
 
+@pytest.fixture(scope="session")
+def bare_cluster(request):
+    """A second emulated cluster with neither the Dask CRDs nor the operator: a shared
+    cluster whose users may not install them (pod mode). Skips on a real cluster."""
+    if os.environ.get("SWEEP_TEST_KUBECONFIG"):
+        pytest.skip("a cluster without the Dask CRDs is emulated only")
+    reason = _emulation_unavailable()
+    if reason:
+        pytest.skip(reason)
+    if _container_mode():
+        _container_image(request)
+    keep = bool(os.environ.get("SWEEP_TEST_KEEP_KUBE_STATE"))
+    cluster = EmulatedCluster(operator=False, dask_crds=False, keep_state=keep).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        if keep:
+            print(f"\nkube-emu state (no Dask CRDs) kept in {cluster.state_dir}")
+
+
 @pytest.fixture
 def kube_namespace(kube_cluster, request):
     """A fresh namespace per test, deleted afterwards."""

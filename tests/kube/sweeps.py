@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +44,56 @@ SWEEP_OBJECT_KINDS = (
     "rolebindings.rbac.authorization.k8s.io",
     "serviceaccounts",
 )
+
+
+# --------------------------------------------------------------------------- cluster modes
+
+#: How the runner runs its Dask cluster: through the Dask operator, or as its own pods.
+MODES = ("operator", "pods")
+
+
+def has_dask_crds(kube_cluster: Any) -> bool:
+    """Whether the cluster serves the Dask CRDs (the emulated bare cluster does not)."""
+    return getattr(kube_cluster, "dask_crds", True) is not False
+
+
+class OnCluster:
+    """A cluster handle (see cluster/handle.py) and the mode the sweeps on it run in.
+
+    Pod mode runs on the emulated cluster without the Dask CRDs, where the default
+    ``operator: auto`` has to find that out; on a real cluster (which has them) the spec
+    says ``operator: false``.
+    """
+
+    def __init__(self, handle: Any, mode: str) -> None:
+        self.handle = handle
+        self.mode = mode
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.handle, name)
+
+    @property
+    def kube_options(self) -> dict[str, Any]:
+        """``cluster.kubernetes`` fields a spec for this mode needs."""
+        if self.mode == "pods" and has_dask_crds(self.handle):
+            return {"operator": False}
+        return {}
+
+    def dask_objects(self, namespace: str) -> list[dict[str, Any]]:
+        """The Dask cluster's own objects: DaskClusters (operator) or its pods (pods)."""
+        if self.mode == "operator":
+            return self.handle.list("daskclusters", namespace)
+        return self.handle.list("pods", namespace, label_selector="dask.org/cluster-name")
+
+
+@pytest.fixture(params=MODES)
+def kube_cluster(request: pytest.FixtureRequest, kube_cluster: Any) -> OnCluster:
+    """The session's cluster in one of the two :data:`MODES` (overrides conftest's for the
+    tests that import it: every test runs in both, unless it parametrizes
+    ``kube_cluster`` indirectly with one mode)."""
+    if request.param == "pods" and kube_cluster.emulated:
+        return OnCluster(request.getfixturevalue("bare_cluster"), "pods")
+    return OnCluster(kube_cluster, request.param)
 
 
 def pod_s3_endpoint(s3_server: str) -> str:
@@ -113,6 +164,7 @@ class SweepProcess:
     """``sweep ARGS`` in the background, its output lines kept with their arrival times."""
 
     def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.args = args
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "runner.cli", *args],
             env=env,
@@ -158,12 +210,18 @@ class SweepProcess:
             return next((t for t, _, line in self.lines if needle in line), None)
 
     def wait(self, timeout: float = 200) -> int:
+        """Wait for the exit; on a timeout, kill it and raise with its output so far."""
         try:
             self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as e:
             self.proc.kill()
             self.proc.wait()
-            raise
+            for t in self._readers:
+                t.join(5)
+            raise TimeoutError(
+                f"`sweep {self.args[0]}` did not exit within {timeout:.0f}s; its stderr:\n"
+                f"{self.stderr[-6000:]}"
+            ) from e
         finally:
             for t in self._readers:
                 t.join(5)
@@ -243,6 +301,8 @@ def leftovers(
     """Names of the objects of ``kinds`` still in ``namespace`` (starting with ``prefix``)."""
     left: dict[str, list[str]] = {}
     for kind in kinds:
+        if kind.startswith("dask") and not has_dask_crds(kube_cluster):
+            continue
         objs = kube_cluster.list(kind, namespace)
         if kind == "pods" and keep_job_pods:
             objs = [o for o in objs if not _is_job_pod(o)]

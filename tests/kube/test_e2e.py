@@ -2,6 +2,11 @@
 and the Helm chart's objects, on the emulated cluster of tests/kube (real Dask operator, pods
 as local processes) or on a real one (``SWEEP_TEST_KUBECONFIG``), with moto as S3.
 
+Each test runs in both cluster modes (``kube_cluster`` from tests/kube/sweeps.py):
+``operator`` (the Dask operator makes the pods) and ``pods`` (the runner makes them
+itself; emulated: on a second cluster without the Dask CRDs, where ``operator: auto``
+has to notice).
+
 Pods get the S3 endpoint and credentials through a Secret (``env_from_secret`` /
 ``--secret`` / ``s3Secret``), as on a real cluster; see tests/kube/sweeps.py.
 """
@@ -19,6 +24,8 @@ from tests.kube.sweeps import (
     WorkerWatcher,
     assert_clean,
     check_results,
+    has_dask_crds,
+    kube_cluster,  # noqa: F401 (the fixture: every test in both cluster modes)
     last_json,
     load,
     make_secret,
@@ -57,6 +64,7 @@ def test_run_on_kubernetes(kube_cluster, kube_namespace, s3, s3_server, tmp_path
         function=slow_command("0.3", tail=(n - size, slow)),
         call="command",
         max_workers=2,
+        **kube_cluster.kube_options,
     )
     out = f"{s3}/run"
     with WorkerWatcher(kube_cluster, ns) as watcher:
@@ -115,6 +123,7 @@ def _submit_scenario(kube_cluster, ns, env, s3, tmp_path):
         namespace=ns,
         function="sim.py:sim",
         max_workers=2,
+        **kube_cluster.kube_options,
     )
     out = f"{s3}/ok"
     r = submit(env, spec, "e2e-ok", ns, out, "--wait")
@@ -136,12 +145,13 @@ def _submit_scenario(kube_cluster, ns, env, s3, tmp_path):
     logs = sweep(env, "logs", "e2e-ok", "-n", ns, timeout=60)
     assert logs.returncode == 0, show(logs)
     assert f"{n}/{n} items (100.0%)" in logs.stdout, show(logs)
-    assert "deleted DaskCluster" in logs.stdout, show(logs)
+    deleted = "deleted DaskCluster" if kube_cluster.mode == "operator" else "deleted the pods of"
+    assert deleted in logs.stdout, show(logs)
     # the runner deleted its Dask cluster
     kube_cluster.wait_for(
-        lambda: not kube_cluster.list("daskclusters", ns),
+        lambda: not kube_cluster.dask_objects(ns),
         timeout=45,
-        message=lambda: f"daskclusters left: {kube_cluster.list('daskclusters', ns)}",
+        message=lambda: f"Dask cluster objects left: {kube_cluster.dask_objects(ns)}",
     )
 
     # a sweep whose function raises, with max_failures 0: the runner exits 1
@@ -156,6 +166,7 @@ def _submit_scenario(kube_cluster, ns, env, s3, tmp_path):
         namespace=ns,
         function="boom.py:boom",
         max_workers=1,
+        **kube_cluster.kube_options,
     )
     r = submit(env, bad, "e2e-bad", ns, f"{s3}/bad", "--wait")
     assert r.returncode == 1, show(r)
@@ -171,6 +182,7 @@ def _submit_scenario(kube_cluster, ns, env, s3, tmp_path):
         function=slow_command("0.2"),
         call="command",
         max_workers=1,
+        **kube_cluster.kube_options,
     )
     r = submit(env, long, "e2e-long", ns, f"{s3}/long")
     assert r.returncode == 0, show(r)
@@ -186,7 +198,11 @@ def _submit_scenario(kube_cluster, ns, env, s3, tmp_path):
     assert p["items_per_s"] > 0 and p["eta_s"] > 0, p
     st = sweep(env, "status", "e2e-long", "-n", ns, timeout=60)
     assert "items/s, ETA " in st.stdout, show(st)
-    assert kube_cluster.list("daskclusters", ns), "the running sweep has no DaskCluster"
+    assert kube_cluster.dask_objects(ns), "the running sweep has no Dask cluster"
+    if kube_cluster.mode == "pods":
+        st = sweep(env, "status", "e2e-long", "-n", ns, "--json", timeout=60)
+        clusters = last_json(st.stdout)["dask_clusters"]
+        assert [c["mode"] for c in clusters] == ["pods"] and clusters[0]["workers"] >= 1, clusters
 
     for name in ("e2e-ok", "e2e-bad", "e2e-long"):
         c = sweep(env, "cancel", name, "-n", ns, timeout=120)
@@ -230,11 +246,18 @@ def test_helm_chart_release(kube_cluster, kube_namespace, s3, s3_server, tmp_pat
         "s3Secret": SECRET,
         "dask": {"maxWorkers": 2, "startupTimeout": 120},
     }
+    # the Helm SDK renders offline: its capabilities have no Dask CRD, so `auto` would mean
+    # pods; the operator mode says so, and so does the pod mode where the CRDs are served
+    if kube_cluster.mode == "operator" or has_dask_crds(kube_cluster):
+        values["dask"]["operator"] = kube_cluster.mode == "operator"
     if IMAGE:
         repository, _, tag = IMAGE.rpartition(":")
         values["image"] = {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"}
     objects = _render_chart(values, release, ns)
     assert {o["kind"] for o in objects} >= {"ConfigMap", "Job", "Role", "RoleBinding"}
+    role = next(o for o in objects if o["kind"] == "Role")
+    groups = {g for rule in role["rules"] for g in rule["apiGroups"]}
+    assert ("kubernetes.dask.org" in groups) == (kube_cluster.mode == "operator"), role
     created = []
     for doc in objects:
         doc["metadata"]["namespace"] = ns  # `helm install -n NS`
@@ -269,6 +292,7 @@ def test_helm_chart_release(kube_cluster, kube_namespace, s3, s3_server, tmp_pat
     assert_clean(kube_cluster, ns, SWEEP_OBJECT_KINDS)
 
 
+@pytest.mark.parametrize("kube_cluster", ["operator"], indirect=True)  # no Dask cluster
 def test_a_small_submitted_sweep_runs_in_the_runner_pod_without_a_dask_cluster(
     kube_cluster, kube_namespace, s3, s3_server, tmp_path
 ):

@@ -1,12 +1,14 @@
 """Failure paths on Kubernetes: what users see when the cluster is not right, and that a
 lost worker loses no work.
 
-- the Dask CRDs are not installed: `sweep run` and `sweep submit` say how to install the
-  operator, exit 3, and create nothing;
+- the Dask CRDs are not installed and the spec asks for the operator (``operator: true``):
+  `sweep run` and `sweep submit` say how to install it, exit 3, and create nothing;
 - the scheduler pod crash-loops: `sweep run` reports it with the pod's last log lines,
   exits 3 and has its DaskCluster deleted;
 - a worker pod is killed mid-sweep: the sweep still finishes with every item exactly once;
 - the runner finds bad input in its pod: exit 2 fails the Job at once (podFailurePolicy).
+
+The scheduler and worker tests run in both cluster modes (see tests/kube/test_e2e.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from tests.kube.sweeps import (
     WorkerWatcher,
     assert_clean,
     check_results,
+    kube_cluster,  # noqa: F401 (the fixture: tests in both cluster modes)
     last_json,
     leftovers,
     live_worker_pods,
@@ -39,33 +42,22 @@ pytestmark = [pytest.mark.kube, pytest.mark.slow, pytest.mark.timeout(240)]
 MISSING_MODULE = "sweep_e2e_no_such_module"
 
 
-@pytest.fixture(scope="module")
-def cluster_without_dask(kube_cluster):
-    """A second emulated cluster that has no Dask CRDs (the operator was never installed)."""
-    if not kube_cluster.emulated:
-        pytest.skip("needs a cluster without the Dask CRDs; a real one has them installed")
-    from tests.kube.cluster import EmulatedCluster
-
-    bare = EmulatedCluster(operator=False, dask_crds=False).start()
-    try:
-        yield bare
-    finally:
-        bare.stop()
-
-
-def test_dask_crds_missing(kube_cluster, cluster_without_dask, s3, tmp_path):
-    """One clear line naming the operator and how to install it; exit 3; nothing created."""
-    bare = cluster_without_dask
-    env = sweep_env(kube_cluster, kubeconfig=bare.kubeconfig)
+def test_dask_crds_missing(bare_cluster, s3, tmp_path):
+    """`operator: true` where the CRDs are not installed: one clear line naming the operator,
+    how to install it and the pod mode; exit 3; nothing created."""
+    bare = bare_cluster
+    env = sweep_env(bare)
     spec = write_spec(
-        tmp_path / "spec.yaml", "no-crds", n=20, partition_size=10, namespace="default"
-    )
+        tmp_path / "spec.yaml", "no-crds", n=20, partition_size=10, namespace="default",
+        operator=True,
+    )  # fmt: skip
 
     r = sweep(env, "run", str(spec), "--cluster", "kubernetes", "-o", f"{s3}/no-crds", timeout=120)
     print(r.stderr)
     assert r.returncode == 3, show(r)
     assert "DaskCluster custom resource is not installed" in r.stderr, show(r)
     assert "helm install" in r.stderr and "dask-kubernetes-operator" in r.stderr, show(r)
+    assert "cluster.kubernetes.operator: false" in r.stderr, show(r)
     assert "Traceback" not in r.stderr, show(r)
 
     r = sweep(env, "submit", str(spec), "-o", f"{s3}/no-crds", "--secret", "s3", timeout=120)
@@ -107,6 +99,7 @@ def test_scheduler_crash_loop(kube_cluster, kube_namespace, s3, s3_server, tmp_p
         partition_size=10,
         namespace=ns,
         scheduler_template="scheduler.yaml",
+        **kube_cluster.kube_options,
     )
     t0 = time.monotonic()
     r = sweep(sweep_env(kube_cluster), "run", str(spec), "--cluster", "kubernetes", "-o", f"{s3}/c")
@@ -121,8 +114,11 @@ def test_scheduler_crash_loop(kube_cluster, kube_namespace, s3, s3_server, tmp_p
     # (tests/kube/README.md, "Quirks"), so the DaskCluster may still be terminating.
     limit = 45 if kube_cluster.emulated else 150  # kubelet restart backoff is 10 s, 20 s, ...
     assert took < limit, f"took {took:.0f}s\n{show(r)}"
-    clusters = kube_cluster.list("daskclusters", ns)
-    assert all(c["metadata"].get("deletionTimestamp") for c in clusters), clusters
+    if kube_cluster.mode == "operator":
+        clusters = kube_cluster.list("daskclusters", ns)
+        assert all(c["metadata"].get("deletionTimestamp") for c in clusters), clusters
+    else:  # the runner deleted its pods and Service itself
+        assert_clean(kube_cluster, ns, timeout=30)
 
 
 def test_worker_pod_killed_mid_sweep(kube_cluster, kube_namespace, s3, s3_server, tmp_path):
@@ -143,6 +139,7 @@ def test_worker_pod_killed_mid_sweep(kube_cluster, kube_namespace, s3, s3_server
         call="command",
         max_workers=2,
         min_workers=2,
+        **kube_cluster.kube_options,
     )
     out = f"{s3}/killed"
     with WorkerWatcher(kube_cluster, ns) as watcher:
@@ -150,7 +147,7 @@ def test_worker_pod_killed_mid_sweep(kube_cluster, kube_namespace, s3, s3_server
         try:
             # once partitions are being computed (the probe is done) and two workers run
             kube_cluster.wait_for(
-                lambda: run.first("items (") and len(_running(kube_cluster, ns)) == 2,
+                lambda: run.first(f"/{n} items (") and len(_running(kube_cluster, ns)) == 2,
                 timeout=150,
                 message=lambda: f"two running workers and progress; output so far:\n{run.stderr}",
             )
@@ -184,6 +181,7 @@ def _running(kube_cluster, ns: str) -> list[dict]:
     ]
 
 
+@pytest.mark.parametrize("kube_cluster", ["operator"], indirect=True)  # no Dask cluster
 def test_bad_input_fails_the_job_at_once(kube_cluster, kube_namespace, s3, s3_server, tmp_path):
     """A sweep whose parameter file is missing: the runner exits 2 (bad input), the Job's
     podFailurePolicy fails it without retries, and `submit --wait` exits 2."""

@@ -159,10 +159,28 @@ runner.secrets.literal_secrets finds them. Arg: dict "path" "obj".
 {{- if not (kindIs "invalid" $d.partitionsPerWorker) }}{{ $_ := set $kube "partitions_per_worker" $d.partitionsPerWorker }}{{ end }}
 {{- if not (kindIs "invalid" $d.workerThreads) }}{{ $_ := set $kube "worker_threads" $d.workerThreads }}{{ end }}
 {{- if not (kindIs "invalid" $d.startupTimeout) }}{{ $_ := set $kube "startup_timeout" $d.startupTimeout }}{{ end }}
+{{- $_ := set $kube "operator" (eq (include "sweep.operator" (dict "ctx" . "requested" (get $kube "operator"))) "true") }}
 {{- $_ := set $cluster "kind" "kubernetes" }}
 {{- $_ := set $cluster "kubernetes" $kube }}
 {{- $_ := set $spec "cluster" $cluster }}
 {{- toYaml $spec }}
+{{- end }}
+
+{{/*
+"true" or "false": run the Dask cluster through the Dask operator? dask.operator, else the
+spec's cluster.kubernetes.operator (arg "requested"), else auto; auto means the operator
+where the cluster serves its DaskCluster resource (as `sweep submit` decides; offline,
+`helm template` sees none). role.yaml renders the Role for the same answer.
+Args: dict "ctx" . "requested" <spec's value or nil>.
+*/}}
+{{- define "sweep.operator" -}}
+{{- $want := .requested }}
+{{- if not (kindIs "invalid" .ctx.Values.dask.operator) }}{{ $want = .ctx.Values.dask.operator }}{{ end }}
+{{- if or (kindIs "invalid" $want) (eq (toString $want) "auto") }}
+{{- .ctx.Capabilities.APIVersions.Has "kubernetes.dask.org/v1/DaskCluster" }}
+{{- else }}
+{{- eq (toString $want) "true" }}
+{{- end }}
 {{- end }}
 
 {{/*

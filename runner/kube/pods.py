@@ -1,0 +1,190 @@
+"""The pods of a Dask cluster without the Dask operator (pure builders).
+
+When the ``DaskCluster`` custom resource is not installed (the operator needs
+cluster-admin to install it), the runner creates the cluster's objects itself, exactly
+as the operator would lay them out from the same ``DaskCluster`` resource
+(:func:`runner.kube.cluster_spec.build_cluster_spec`), so both modes run the same pods:
+
+- the scheduler ``Pod`` and ``Service`` ``<cluster>-scheduler``;
+- one ``Pod`` per worker, ``<cluster>-<n>``, with ``DASK_WORKER_NAME`` (its own name)
+  and ``DASK_SCHEDULER_ADDRESS`` (the Service) in the environment of every container.
+
+The labels are the operator's (``dask.org/cluster-name``, ``dask.org/component``,
+``dask.org/workergroup-name``) on top of the DaskCluster's and the templates' own, so
+pod diagnosis, ``sweep status`` and cleanup find both modes' pods the same way. The
+DaskCluster's owner (the runner pod) owns every object: Kubernetes deletes them with
+the runner even when it is killed without cleaning up.
+
+Bare pods have no controller that restarts them elsewhere: the runner replaces a worker
+pod that is deleted, evicted or fails (:mod:`runner.clusters.kubepods`). Containers
+restart in place on failure (``OnFailure``); a scheduler that exits after its idle
+timeout stays down, so a cluster leaked by a runner killed outside Kubernetes stops
+using CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from . import cluster_spec as cs
+
+CLUSTER_LABEL = "dask.org/cluster-name"
+COMPONENT_LABEL = "dask.org/component"
+GROUP_LABEL = "dask.org/workergroup-name"
+WORKER_GROUP = "default"
+
+#: What the runner does in pod mode, verb by verb: it creates, watches and deletes the
+#: scheduler and worker pods and the scheduler Service, reads pod logs for diagnosis,
+#: and nothing else (no custom resources, no Secrets, nothing cluster-wide).
+RBAC_RULES: list[dict[str, Any]] = [
+    {
+        "apiGroups": [""],
+        "resources": ["pods", "services"],
+        "verbs": ["get", "list", "watch", "create", "delete"],
+    },
+    {
+        "apiGroups": [""],
+        "resources": ["pods/log"],
+        "verbs": ["get"],
+    },
+]
+
+
+def scheduler_name(cluster: str) -> str:
+    """Name of the scheduler pod and Service (the operator's ``<cluster>-scheduler``)."""
+    return f"{cluster}-scheduler"
+
+
+def worker_name(cluster: str, n: int) -> str:
+    """Name of worker ``n`` (its pod and its Dask worker name)."""
+    return f"{cluster}-worker-{n}"
+
+
+def scheduler_address(cluster: str, namespace: str) -> str:
+    """The scheduler's address inside the cluster, as the operator gives it to workers."""
+    return f"tcp://{scheduler_name(cluster)}.{namespace}.svc.cluster.local:{cs.SCHEDULER_PORT}"
+
+
+def cluster_selector(cluster: str, component: str | None = None) -> str:
+    """Label selector of a cluster's pods and Service (``component``: scheduler/worker)."""
+    selector = f"{CLUSTER_LABEL}={cluster}"
+    return selector + (f",{COMPONENT_LABEL}={component}" if component else "")
+
+
+def _metadata(
+    resource: Mapping[str, Any], part: Mapping[str, Any], name: str, extra: Mapping[str, str]
+) -> dict[str, Any]:
+    meta = resource["metadata"]
+    labels = {**(meta.get("labels") or {}), **((part.get("metadata") or {}).get("labels") or {})}
+    out: dict[str, Any] = {"name": name, "labels": {**labels, **extra}}
+    annotations = (part.get("metadata") or {}).get("annotations")
+    if annotations:
+        out["annotations"] = dict(annotations)
+    if meta.get("ownerReferences"):
+        out["ownerReferences"] = copy.deepcopy(meta["ownerReferences"])
+    return out
+
+
+def _idle_env(seconds: int) -> dict[str, str]:
+    return {"name": "DASK_DISTRIBUTED__SCHEDULER__IDLE_TIMEOUT", "value": f"{seconds}s"}
+
+
+def scheduler_pod(resource: Mapping[str, Any]) -> dict[str, Any]:
+    """The scheduler ``Pod`` of a ``DaskCluster`` resource (pure).
+
+    The DaskCluster's ``idleTimeout`` becomes the scheduler's own idle timeout (the
+    operator enforces it in operator mode).
+    """
+    cluster = resource["metadata"]["name"]
+    part = resource["spec"]["scheduler"]
+    spec = copy.deepcopy(part["spec"])
+    spec["restartPolicy"] = "OnFailure"
+    idle = int(resource["spec"].get("idleTimeout") or 0)
+    if idle:
+        c = spec["containers"][cs.dask_container_index(spec, "scheduler")]
+        env = [e for e in c.get("env") or [] if e.get("name") != _idle_env(0)["name"]]
+        c["env"] = [*env, _idle_env(idle)]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _metadata(
+            resource,
+            part,
+            scheduler_name(cluster),
+            {CLUSTER_LABEL: cluster, COMPONENT_LABEL: "scheduler"},
+        ),
+        "spec": spec,
+    }
+
+
+def scheduler_service(resource: Mapping[str, Any]) -> dict[str, Any]:
+    """The scheduler ``Service`` of a ``DaskCluster`` resource (pure)."""
+    cluster = resource["metadata"]["name"]
+    part = resource["spec"]["scheduler"]
+    meta = _metadata(
+        resource,
+        {},
+        scheduler_name(cluster),
+        {CLUSTER_LABEL: cluster, COMPONENT_LABEL: "scheduler"},
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": copy.deepcopy(part["service"]),
+    }
+
+
+def worker_pod(resource: Mapping[str, Any], name: str, namespace: str) -> dict[str, Any]:
+    """Worker pod ``name`` of a ``DaskCluster`` resource in ``namespace`` (pure)."""
+    cluster = resource["metadata"]["name"]
+    part = resource["spec"]["worker"]
+    spec = copy.deepcopy(part["spec"])
+    spec["restartPolicy"] = "OnFailure"
+    env = {
+        "DASK_WORKER_NAME": name,
+        "DASK_SCHEDULER_ADDRESS": scheduler_address(cluster, namespace),
+    }
+    for c in spec["containers"]:
+        have = {e.get("name") for e in c.get("env") or []}
+        # first, so that $(DASK_WORKER_NAME) in the args and later entries expands
+        c["env"] = [{"name": k, "value": v} for k, v in env.items() if k not in have] + list(
+            c.get("env") or []
+        )
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _metadata(
+            resource,
+            part,
+            name,
+            {
+                CLUSTER_LABEL: cluster,
+                COMPONENT_LABEL: "worker",
+                GROUP_LABEL: WORKER_GROUP,
+                "dask.org/worker-name": name,
+            },
+        ),
+        "spec": spec,
+    }
+
+
+def lost(pod: Mapping[str, Any]) -> str | None:
+    """Why a worker pod will never (again) run a Dask worker, or ``None`` if it may (pure).
+
+    Deleted or being deleted, evicted/preempted (``DisruptionTarget``), or finished.
+    """
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    if meta.get("deletionTimestamp"):
+        return "deleted"
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            return f"disrupted ({cond.get('reason') or 'DisruptionTarget'})"
+    phase = status.get("phase")
+    if phase in ("Failed", "Succeeded"):
+        reason = status.get("reason")
+        return f"{phase.lower()}" + (f" ({reason})" if reason else "")
+    return None
