@@ -155,6 +155,11 @@ class Progress:
                 " running it again with each item in a child process, to find the item that"
                 " crashed it"
             )
+        elif event == "preempted":
+            self._say(
+                f"{self.name}: part-{info['index']:05d}: its worker {info['worker']} was"
+                f" {info['why']}; running it again (not counted as a failure)"
+            )
         elif event == "context-lost":
             self._say(
                 f"{self.name}: the worker holding the sweep's context ({info['worker']}) was lost;"

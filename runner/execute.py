@@ -253,6 +253,9 @@ class SweepReport:
     worker_s: float
     items_per_s: float
     isolated_partitions: int = 0
+    # partitions that ran again because the cluster took their worker away (eviction,
+    # preemption): not the partition's doing, so no isolation and nothing counted
+    preempted_partitions: int = 0
     inline_partitions: int = 0  # run by the runner itself: no cluster was needed for them
     peak_rss_mb: float = 0.0  # the runner process's own peak memory
     tasks: int = 0  # tasks this run submitted to the Dask scheduler
@@ -371,6 +374,7 @@ class SweepRun:
         self.pending: dict[str, tuple[Any, Descriptor]] = {}  # future key -> (future, partition)
         self.worker_losses: Counter[int] = Counter()
         self.lost_contexts: set[str] = set()  # keys of context tasks lost with their worker
+        self.preempted: set[int] = set()  # partitions whose worker the cluster took away
         self.isolated: set[int] = set()
         self.crashed_inline: set[str] = set()  # workers that died running items in-process
         # (partition, worker) deaths forgiven as a neighbour's crash: once each, so a worker
@@ -762,7 +766,8 @@ class SweepRun:
                     try:
                         report = fut.result()
                     except KilledWorker as e:
-                        if self._context_lost(e):  # not this partition's doing: run it again
+                        if self._context_lost(e) or self._preempted(desc, e):
+                            # not this partition's doing: run it again as it was
                             isolated = desc.index in self.isolated
                             ac.update(self._submit([desc], probe_seconds, isolated=isolated))
                         else:
@@ -821,6 +826,7 @@ class SweepRun:
             isolated_partitions=isolated,
             item_process_deaths=sum(r.deaths for r in self.reports.values()),
             worker_losses=sum(self.worker_losses.values()),
+            preempted_partitions=len(self.preempted),
         )
         self.manifest.update(
             status=self.status,
@@ -860,6 +866,7 @@ class SweepRun:
             worker_s=round(worker_s, 3),
             items_per_s=round(items_run / wall, 1) if wall > 0 else 0.0,
             isolated_partitions=len(isolated),
+            preempted_partitions=len(self.preempted),
             inline_partitions=sum(r.inline for r in self.reports.values()),
             peak_rss_mb=peak_rss_mb(),
             tasks=self.tasks,
@@ -970,6 +977,20 @@ class SweepRun:
                 f" worker {worker}): check the worker logs (memory, the function's import),"
                 " then run the same command again to resume"
             ) from e
+        return True
+
+    def _preempted(self, desc: Descriptor, e: Exception) -> bool:
+        """Whether the partition's worker was taken away by the cluster (the provider knows)."""
+        worker = getattr(e, "last_worker", None)
+        name = getattr(worker, "name", None)
+        why = self.provider.disrupted(str(name)) if name is not None else None
+        if not why:
+            return False
+        self.preempted.add(desc.index)
+        self.emit(
+            "preempted",
+            {"index": desc.index, "worker": str(name), "why": why},
+        )
         return True
 
     def _isolate(self, desc: Descriptor, probe_seconds: float | None, e: Exception) -> list[Any]:

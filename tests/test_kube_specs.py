@@ -263,7 +263,9 @@ def test_a_worker_pod_is_lost_when_deleted_disrupted_or_finished() -> None:
         ],
     )
     assert pods.lost(evicted) == "disrupted (EvictionByEvictionAPI)"
-    assert pods.lost(pod(phase="Failed", reason="Evicted")) == "failed (Evicted)"
+    assert pods.lost(pod(phase="Failed", reason="Evicted")) == "disrupted (Evicted)"
+    assert pods.lost(pod(phase="Failed", reason="OOMKilled")) == "failed (OOMKilled)"
+    assert pods.disruption(evicted) and not pods.disruption(pod(phase="Running"))
     assert pods.lost(pod(phase="Succeeded")) == "succeeded"
 
 

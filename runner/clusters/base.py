@@ -59,6 +59,12 @@ class ClusterProvider(abc.ABC):
     def on_remaining(self, remaining_partitions: int) -> None:  # noqa: B027 - optional hook
         """Called as partitions finish; scaling providers resize here."""
 
+    def disrupted(self, worker: str) -> str | None:
+        """Why worker ``worker`` (its Dask name) was taken away from outside, if it was:
+        evicted, preempted, its node drained or reclaimed. Such a loss says nothing about
+        the partition it ran; ``None`` (the default: the provider cannot tell) means it may."""
+        return None
+
     @property
     def dashboard_link(self) -> str | None:
         try:

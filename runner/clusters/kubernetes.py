@@ -90,6 +90,9 @@ class _State:
     last_status: dict[str, str] = field(default_factory=dict)
     last_problems: list[Problem] = field(default_factory=list)
     started: bool = False  # the scheduler and a first worker came up
+    # worker pods the cluster took away (pod name -> why), from a watch on them
+    disruptions: dict[str, str] = field(default_factory=dict)
+    watcher: Any = None  # the asyncio task of that watch
 
 
 class KubernetesProvider(ClusterProvider):
@@ -349,6 +352,7 @@ class KubernetesProvider(ClusterProvider):
             if starting in done:
                 starting.result()
                 st.started = True
+                st.watcher = asyncio.ensure_future(self._watch_disruptions())
                 return
             if watching in done:
                 watching.result()  # raises the diagnosed problem
@@ -441,6 +445,45 @@ class KubernetesProvider(ClusterProvider):
                 message = f"the Dask {role} {message}; last log lines: {tail or '(none)'}"
             raise InfrastructureError(message)
 
+    def disrupted(self, worker: str, wait: float = 1.0) -> str | None:
+        """Why the cluster took worker ``worker``'s pod away (evicted, preempted, drained), if
+        it did. Kubernetes marks such a pod before stopping it, so the watch has usually seen
+        it by the time the scheduler reports the worker lost; ``wait`` covers the rest."""
+        deadline = time.monotonic() + wait
+        while True:
+            found = dict(self._state.disruptions)
+            # pod mode: the pod is the worker's name; operator: <worker>-<hash>-<suffix>
+            why = found.get(worker) or next(
+                (w for pod, w in found.items() if pod.startswith(worker + "-")), None
+            )
+            if why or time.monotonic() >= deadline or self._state.watcher is None:
+                return why
+            time.sleep(0.1)
+
+    async def _watch_disruptions(self) -> None:
+        """Record the worker pods the cluster takes away, for :meth:`disrupted`."""
+        import kr8s
+
+        from ..kube import pods
+
+        st = self._state
+        selector = pods.cluster_selector(st.cluster_name or "", "worker")
+        while True:
+            try:
+                api = await kr8s.asyncio.api()
+                async for _, pod in api.watch(
+                    "pods", namespace=st.namespace, label_selector=selector
+                ):
+                    why = pods.disruption(dict(pod.raw))
+                    if why and pod.name not in st.disruptions:
+                        st.disruptions[pod.name] = why
+                        log.info("worker pod %s: %s", pod.name, why)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the watch ends or blips: watch again
+                log.debug("watching the worker pods of %s: %s", st.cluster_name, e)
+                await asyncio.sleep(1)
+
     def _timeout_message(self) -> str:
         st = self._state
         problems = st.last_problems
@@ -496,6 +539,10 @@ class KubernetesProvider(ClusterProvider):
     async def _ateardown(self) -> None:
         """Scale the workers to zero (graceful), then delete the cluster and wait for it."""
         st = self._state
+        if st.watcher is not None:
+            st.watcher.cancel()
+            await asyncio.gather(st.watcher, return_exceptions=True)
+            st.watcher = None
         kc = st.kube_cluster
         if kc is None:  # never got as far as creating it
             return

@@ -171,18 +171,35 @@ def worker_pod(resource: Mapping[str, Any], name: str, namespace: str) -> dict[s
     }
 
 
-def lost(pod: Mapping[str, Any]) -> str | None:
-    """Why a worker pod will never (again) run a Dask worker, or ``None`` if it may (pure).
+#: ``status.reason`` of a pod taken away by the cluster (kubelet eviction, node shutdown)
+DISRUPTED_REASONS = frozenset({"Evicted", "Preempted", "Preempting", "Shutdown", "Terminated"})
 
-    Deleted or being deleted, evicted/preempted (``DisruptionTarget``), or finished.
-    """
-    meta = pod.get("metadata") or {}
+
+def disruption(pod: Mapping[str, Any]) -> str | None:
+    """Why the cluster took this pod away (eviction, preemption, node drain or reclaim), or
+    ``None`` (pure): its ``DisruptionTarget`` condition, which Kubernetes sets before it
+    stops such a pod, or a kubelet eviction's ``status.reason``."""
     status = pod.get("status") or {}
-    if meta.get("deletionTimestamp"):
-        return "deleted"
     for cond in status.get("conditions") or []:
         if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
             return f"disrupted ({cond.get('reason') or 'DisruptionTarget'})"
+    if status.get("reason") in DISRUPTED_REASONS:
+        return f"disrupted ({status['reason']})"
+    return None
+
+
+def lost(pod: Mapping[str, Any]) -> str | None:
+    """Why a worker pod will never (again) run a Dask worker, or ``None`` if it may (pure).
+
+    Evicted/preempted (:func:`disruption`), deleted or being deleted, or finished.
+    """
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    why = disruption(pod)
+    if why:
+        return why
+    if meta.get("deletionTimestamp"):
+        return "deleted"
     phase = status.get("phase")
     if phase in ("Failed", "Succeeded"):
         reason = status.get("reason")

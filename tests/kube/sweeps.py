@@ -96,6 +96,15 @@ def kube_cluster(request: pytest.FixtureRequest, kube_cluster: Any) -> OnCluster
     return OnCluster(kube_cluster, request.param)
 
 
+def evict(kube_cluster: Any, name: str, namespace: str) -> None:
+    """Evict a pod through the eviction API, as a node drain or a preemption does."""
+    from kubernetes import client, config
+
+    api = client.CoreV1Api(config.new_client_from_config(config_file=kube_cluster.kubeconfig))
+    body = client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=namespace))
+    api.create_namespaced_pod_eviction(name, namespace, body)
+
+
 def pod_s3_endpoint(s3_server: str) -> str:
     """The moto endpoint as pods reach it."""
     host = os.environ.get("SWEEP_TEST_S3_HOST")

@@ -13,6 +13,7 @@ The scheduler and worker tests run in both cluster modes (see tests/kube/test_e2
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -23,6 +24,7 @@ from tests.kube.sweeps import (
     WorkerWatcher,
     assert_clean,
     check_results,
+    evict,
     kube_cluster,  # noqa: F401 (the fixture: tests in both cluster modes)
     last_json,
     leftovers,
@@ -170,6 +172,126 @@ def test_worker_pod_killed_mid_sweep(kube_cluster, kube_namespace, s3, s3_server
     check_results(out, n)
     print("worker pods over time:", watcher.counts())
     assert_clean(kube_cluster, ns)
+
+
+def test_an_evicted_worker_costs_nothing(kube_cluster, kube_namespace, s3, s3_server, tmp_path):
+    """Evict a busy worker pod through the API (a node drain, spot reclaim or Kueue
+    preemption does the same): its partition runs again as it was, no isolation, no worker
+    loss counted; the worker is replaced and every item is there once."""
+    ns = kube_namespace
+    make_secret(kube_cluster, ns, s3_server)
+    n = 100
+    spec = write_spec(
+        tmp_path / "spec.yaml",
+        "evicted",
+        n=n,
+        partition_size=10,
+        namespace=ns,
+        function=slow_command("0.2"),
+        call="command",
+        max_workers=2,
+        min_workers=2,
+        **kube_cluster.kube_options,
+    )
+    out = f"{s3}/evicted"
+    run = start_run(kube_cluster, spec, out)
+    try:
+        kube_cluster.wait_for(
+            lambda: run.first(f"/{n} items (") and len(_running(kube_cluster, ns)) == 2,
+            timeout=150,
+            message=lambda: f"two running workers and progress; output so far:\n{run.stderr}",
+        )
+        victim = _running(kube_cluster, ns)[0]["metadata"]["name"]
+        evict(kube_cluster, victim, ns)
+        kube_cluster.wait_for(
+            lambda: (
+                victim not in {p["metadata"]["name"] for p in live_worker_pods(kube_cluster, ns)}
+            ),
+            timeout=60,
+            message=f"worker pod {victim} to go",
+        )
+    finally:
+        code = run.wait(200)
+    assert code == 0, show(run)
+    report = last_json(run.stdout)
+    assert report["status"] == "succeeded" and report["ok"] == n, report
+    assert report["preempted_partitions"] >= 1, show(run)
+    assert report["isolated_partitions"] == 0, show(run)
+    assert "not counted as a failure" in run.stderr and "died while running" not in run.stderr
+    df = check_results(out, n)
+    assert (df["attempts"] == 1).all()
+    assert_clean(kube_cluster, ns)
+
+
+@pytest.mark.parametrize("kube_cluster", ["pods"], indirect=True)  # the runner's part: one mode
+def test_an_evicted_runner_resumes_where_it_was(
+    kube_cluster, kube_namespace, s3, s3_server, tmp_path
+):
+    """Evict the runner pod of a submitted sweep: it drains, its Job ignores the
+    disruption (podFailurePolicy, not counted against backoffLimit) and starts a new runner,
+    which computes only what is missing. Every item once; the Job completes."""
+    ns = kube_namespace
+    make_secret(kube_cluster, ns, s3_server)
+    env = sweep_env(kube_cluster)
+    n = 200
+    spec = write_spec(
+        tmp_path / "spec.yaml",
+        "e2e-evict",
+        n=n,
+        partition_size=10,
+        namespace=ns,
+        function=slow_command("0.2"),
+        call="command",
+        max_workers=2,
+        **kube_cluster.kube_options,
+    )
+    out = f"{s3}/evict"
+    try:
+        r = submit(env, spec, "e2e-evict", ns, out)
+        assert r.returncode == 0, show(r)
+
+        def runner_pods():
+            return [p for p in kube_cluster.list("pods", ns, "app.kubernetes.io/component=runner")]
+
+        kube_cluster.wait_for(
+            lambda: f"/{n} items (" in sweep(env, "logs", "e2e-evict", "-n", ns, timeout=60).stdout,
+            timeout=120,
+            message="progress in `sweep logs e2e-evict`",
+        )
+        (first,) = runner_pods()
+        evict(kube_cluster, first["metadata"]["name"], ns)
+        second = kube_cluster.wait_for(
+            lambda: [p for p in runner_pods() if p["metadata"]["uid"] != first["metadata"]["uid"]],
+            timeout=120,
+            message=lambda: (
+                f"a second runner pod: {[p['metadata']['name'] for p in runner_pods()]}"
+            ),
+        )[0]
+        job = kube_cluster.wait_for(
+            lambda: next(
+                (
+                    j
+                    for j in kube_cluster.list("jobs.batch", ns)
+                    if any(
+                        c["type"] in ("Complete", "Failed") and c["status"] == "True"
+                        for c in (j.get("status") or {}).get("conditions", [])
+                    )
+                ),
+                None,
+            ),
+            timeout=180,
+            message=lambda: sweep(env, "logs", "e2e-evict", "-n", ns, timeout=60).stdout[-3000:],
+        )
+        conditions = {c["type"] for c in job["status"]["conditions"] if c["status"] == "True"}
+        logs = kube_cluster.pod_logs(second["metadata"]["name"], ns)
+        assert "Complete" in conditions, (conditions, logs[-3000:])
+        assert not job["status"].get("failed"), job["status"]  # the eviction was not counted
+        assert re.search(r"\d+ to run, \d+ already done", logs), logs[-3000:]
+        done_before = int(re.search(r"(\d+) to run, (\d+) already done", logs).group(2))
+        assert done_before > 0, logs[-3000:]
+        check_results(out, n)
+    finally:
+        sweep(env, "cancel", "e2e-evict", "-n", ns, timeout=120)
 
 
 def _running(kube_cluster, ns: str) -> list[dict]:
