@@ -38,6 +38,7 @@ from pydantic import (
 from .exceptions import SpecError
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+QUEUE_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 URL_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)?[^\s]+$")
 
 
@@ -175,6 +176,19 @@ class KubernetesSpec(_Model):
     # true: through the Dask operator (DaskCluster); false: the runner creates the pods
     # itself (no CRDs, no cluster-admin); auto: the operator where its CRD is installed
     operator: bool | Literal["auto"] = "auto"
+    # a Kueue LocalQueue: the runner Job is created suspended until Kueue admits it, and
+    # it and the worker pods carry the kueue.x-k8s.io/queue-name label
+    queue: str | None = None
+
+    @field_validator("queue")
+    @classmethod
+    def _check_queue(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) > 63 or not QUEUE_RE.match(v)):
+            raise ValueError(
+                "the name of a Kueue LocalQueue in the sweep's namespace: lowercase letters,"
+                " digits, '-' and '.', at most 63 characters (kubectl get localqueues)"
+            )
+        return v
 
     @model_validator(mode="after")
     def _check_range(self) -> KubernetesSpec:

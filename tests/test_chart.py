@@ -71,6 +71,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         },
         "job": {"activeDeadlineSeconds": None, "ttlSecondsAfterFinished": 600, "backoffLimit": 4},
         "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/x"}},
+        "kueue": {"queueName": "team-gpu"},
     },
     "existing-config": {
         "existingConfigMap": "my-sweep-config",
@@ -189,6 +190,13 @@ def test_dask_templates_build_valid_dask_clusters(chart: Any, case: str, tmp_pat
         assert {"name": "OMP_NUM_THREADS", "value": "2"} in c["env"]
         assert {"secretRef": {"name": "s3-credentials"}} in c["envFrom"]
         assert c["args"][-2:] == ["--nthreads", "2"]
+        assert kube["queue"] == "team-gpu"
+        assert resource["spec"]["worker"]["metadata"]["labels"][cs.QUEUE_LABEL] == "team-gpu"
+        assert cs.QUEUE_LABEL not in resource["spec"]["scheduler"].get("metadata", {}).get(
+            "labels", {}
+        )
+    else:
+        assert "queue" not in kube
     if case == "custom-template":
         names = [c["name"] for c in resource["spec"]["worker"]["spec"]["containers"]]
         assert names == ["worker", "log-shipper"]
@@ -330,6 +338,39 @@ def test_chart_matches_sweep_manifest(chart: Any, operator: bool) -> None:
         od["scheduler-template.yaml"]
     )
     assert yaml.safe_load(cd["spec.yaml"]) == yaml.safe_load(od["spec.yaml"])
+
+
+def test_kueue_queue_labels_the_job_and_creates_it_suspended(chart: Any) -> None:
+    """kueue.queueName, else the spec's cluster.kubernetes.queue, as `sweep manifest`."""
+    spec = load_spec(ROOT / "examples" / "pi.yaml", output="s3://bucket/sweeps/pi")
+    out = "s3://bucket/sweeps/pi"
+    in_spec = {"output": out, "cluster": {"kubernetes": {"queue": "from-spec"}}}
+    for values, queue in (
+        ({"specYaml": PI, "spec": {"output": out}, "kueue": {"queueName": "team-a"}}, "team-a"),
+        ({"specYaml": PI, "spec": in_spec}, "from-spec"),
+        ({"specYaml": PI, "spec": in_spec, "kueue": {"queueName": ""}}, None),
+        ({"existingConfigMap": "cm", "kueue": {"queueName": "team-b"}}, "team-b"),
+        ({"specYaml": PI, "spec": {"output": out}}, None),
+    ):
+        objs, notes, _ = render(chart, values)
+        job = by_kind(objs)["Job"]
+        assert job["metadata"]["labels"].get(cs.QUEUE_LABEL) == queue, values
+        assert job["spec"].get("suspend", False) is bool(queue), values
+        assert ("admits it" in notes) is bool(queue), values
+        if queue and "existingConfigMap" not in values:
+            data = yaml.safe_load(by_kind(objs)["ConfigMap"]["data"]["spec.yaml"])
+            assert data["cluster"]["kubernetes"]["queue"] == queue
+            kube = spec.cluster.kubernetes.model_copy(update={"queue": queue})
+            ours = mf.build_manifests(
+                spec.model_copy(
+                    update={"cluster": spec.cluster.model_copy(update={"kubernetes": kube})}
+                ),
+                worker_template=cs.load_pod_template(None, "worker"),
+                scheduler_template=cs.load_pod_template(None, "scheduler"),
+            )
+            ours_job = by_kind(ours)["Job"]
+            assert ours_job["metadata"]["labels"][cs.QUEUE_LABEL] == queue
+            assert ours_job["spec"]["suspend"] is True
 
 
 def test_chart_operator_auto_follows_the_clusters_api_versions(chart: Any) -> None:

@@ -760,6 +760,37 @@ def test_sweep_manifest_output_is_valid() -> None:
     assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "reg.example/sweep:1"
 
 
+def test_kueue_queue_labels_the_job_the_workers_and_suspends_the_job() -> None:
+    """`--queue` (cluster.kubernetes.queue): Kueue admits the Job by unsuspending it;
+    the worker pods, in both modes, carry the queue too; the scheduler does not."""
+    from runner.kube import pods
+
+    res = sweep("manifest", "examples/pi.yaml", "-o", "s3://b/pi", "--queue", "team-a.gpu")
+    assert res.returncode == 0, res.stderr
+    docs = {d["kind"]: d for d in kubecheck.load_docs(res.stdout)}
+    job = docs["Job"]
+    assert job["metadata"]["labels"][cs.QUEUE_LABEL] == "team-a.gpu"
+    assert job["spec"]["suspend"] is True
+    spec = yaml.safe_load(docs["ConfigMap"]["data"]["spec.yaml"])
+    kube = KubernetesSpec.model_validate(spec["cluster"]["kubernetes"] | {
+        "worker_template": None, "scheduler_template": None})  # fmt: skip
+    assert kube.queue == "team-a.gpu"
+    resource = cs.build_cluster_spec(
+        "pi-0a1b2c",
+        kube,
+        worker_template=cs.load_pod_template(None, "worker"),
+        scheduler_template=cs.load_pod_template(None, "scheduler"),
+    )
+    assert resource["spec"]["worker"]["metadata"]["labels"][cs.QUEUE_LABEL] == "team-a.gpu"
+    worker = pods.worker_pod(resource, pods.worker_name("pi-0a1b2c", 0), "sweeps")
+    assert worker["metadata"]["labels"][cs.QUEUE_LABEL] == "team-a.gpu"
+    assert cs.QUEUE_LABEL not in pods.scheduler_pod(resource)["metadata"]["labels"]
+    # without a queue: no label, not suspended
+    res = sweep("manifest", "examples/pi.yaml", "-o", "s3://b/pi")
+    job = next(d for d in kubecheck.load_docs(res.stdout) if d["kind"] == "Job")
+    assert cs.QUEUE_LABEL not in job["metadata"]["labels"] and "suspend" not in job["spec"]
+
+
 def test_sweep_manifest_ships_a_function_file(tmp_path: Path) -> None:
     (tmp_path / "sim.py").write_text("def f(a):\n    return a * 2\n")
     (tmp_path / "spec.yaml").write_text(
@@ -778,6 +809,10 @@ def test_sweep_manifest_ships_a_function_file(tmp_path: Path) -> None:
         (["manifest", "examples/pi.yaml"], "local path"),
         (["manifest", "nope.yaml"], "cannot read"),
         (["manifest", "examples/pi.yaml", "-o", "s3://b/x", "--name", "Bad_Name"], "sweep name"),
+        (
+            ["manifest", "examples/pi.yaml", "-o", "s3://b/x", "--queue", "Team_A"],
+            "cluster.kubernetes.queue",
+        ),
     ],
 )
 def test_sweep_manifest_bad_input_exits_2(args: list[str], message: str) -> None:
@@ -911,14 +946,20 @@ def test_submit_checks_for_the_operator(fake_api: type[FakeApi]) -> None:
 def test_job_state_and_exit_codes() -> None:
     from kubernetes import client as k
 
-    from runner.kube.submit import job_exit_code, job_state, runner_exit_code
+    from runner.kube.submit import admission_note, job_exit_code, job_state, runner_exit_code
 
-    def job(*conditions: tuple[str, str], active: int = 0) -> k.V1Job:
+    def job(
+        *conditions: tuple[str, str], active: int = 0, suspend: bool = False, queue: str = ""
+    ) -> k.V1Job:
         return k.V1Job(
+            metadata=k.V1ObjectMeta(
+                name="pi-sweep", labels={cs.QUEUE_LABEL: queue} if queue else {}
+            ),
+            spec=k.V1JobSpec(template=k.V1PodTemplateSpec(), suspend=suspend),
             status=k.V1JobStatus(
                 active=active,
                 conditions=[k.V1JobCondition(type=t, status=s) for t, s in conditions],
-            )
+            ),
         )
 
     def runner_pod(code: int | None) -> k.V1Pod:
@@ -936,6 +977,13 @@ def test_job_state_and_exit_codes() -> None:
     assert job_state(job()) == "pending"
     assert job_state(job(("Complete", "True"))) == "succeeded"
     assert job_state(job(("Failed", "True"))) == "failed"
+    queued = job(("Suspended", "True"), suspend=True, queue="team-a")
+    assert job_state(queued) == "queued"
+    assert "waiting for admission by Kueue (LocalQueue team-a)" in admission_note(queued, "ns")
+    assert job_state(job(suspend=True)) == "suspended"
+    assert "kubectl patch job pi-sweep -n ns" in admission_note(job(suspend=True), "ns")
+    assert admission_note(job(active=1, queue="team-a"), "ns") is None  # admitted
+    assert job_state(job(("Complete", "True"), suspend=True, queue="q")) == "succeeded"
     assert job_exit_code(job(("Complete", "True")), []) == 0
     assert job_exit_code(job(active=1), [runner_pod(None)]) is None
     assert job_exit_code(job(("Failed", "True")), [runner_pod(3), runner_pod(1)]) == 1

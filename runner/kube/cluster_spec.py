@@ -48,6 +48,8 @@ NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 #: labels every object a sweep creates carries (``app.kubernetes.io/instance`` is the sweep)
 PART_OF = "sweep"
 MANAGED_BY = "sweep-runner"
+#: Kueue's label naming the LocalQueue that admits a Job or a pod
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
 # --------------------------------------------------------------------------- templates
@@ -427,6 +429,8 @@ def build_cluster_spec(
         service_account=kube.service_account,
         worker_threads=kube.worker_threads,
     )
+    if kube.queue:  # the workers are admitted by Kueue too; the small scheduler is not
+        worker.setdefault("metadata", {}).setdefault("labels", {})[QUEUE_LABEL] = kube.queue
     scheduler = apply_overrides(
         scheduler_template, "scheduler", image=kube.image, default_image=default_image
     )

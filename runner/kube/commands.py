@@ -45,6 +45,13 @@ OutputOpt = Annotated[
     str | None,
     typer.Option("--output", "-o", help="Override the spec's output URL (s3://bucket/prefix)."),
 ]
+QueueOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Kueue LocalQueue to admit the sweep (cluster.kubernetes.queue): the Job is"
+        " created suspended and labelled, the workers are labelled."
+    ),
+]
 ContextOpt = Annotated[str | None, typer.Option(help="kubeconfig context to use.")]
 InstanceOpt = Annotated[
     str | None,
@@ -77,6 +84,7 @@ def build_objects(
     secret: str | None = None,
     output: str | None = None,
     instance: str | None = None,
+    queue: str | None = None,
     resolve_operator: Callable[[bool | str], bool | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Load a spec and its pod templates and build the sweep's Kubernetes objects.
@@ -109,7 +117,7 @@ def build_objects(
         raise SpecError(f"{spec_path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise SpecError(f"{spec_path}: the spec must be a mapping of fields")
-    data = merge_overrides(data, {"output": output})
+    data = merge_overrides(data, {"output": output, "cluster.kubernetes.queue": queue})
     base_dir = str(spec_path.resolve().parent)
     spec = build_spec({**data, "base_dir": base_dir}, where=str(spec_path))
     kube = spec.cluster.kubernetes
@@ -161,6 +169,7 @@ def manifest(
     secret: SecretOpt = None,
     output: OutputOpt = None,
     name: InstanceOpt = None,
+    queue: QueueOpt = None,
 ) -> None:
     """Print the sweep's ConfigMap, RBAC and Job as YAML for `kubectl apply -f -`."""
     from .manifests import to_yaml
@@ -173,6 +182,7 @@ def manifest(
             secret=secret,
             output=output,
             instance=name,
+            queue=queue,
         )
     except SweepError as e:
         raise _fail(e) from e
@@ -187,6 +197,7 @@ def submit(
     secret: SecretOpt = None,
     output: OutputOpt = None,
     name: InstanceOpt = None,
+    queue: QueueOpt = None,
     wait: Annotated[
         bool,
         typer.Option(help="Follow the runner's log and exit with the sweep's exit code."),
@@ -194,6 +205,8 @@ def submit(
     context: ContextOpt = None,
 ) -> None:
     """Create the sweep's Job through the Kubernetes API (kubeconfig or in-cluster)."""
+    from .cluster_spec import QUEUE_LABEL
+
     try:
         api = _api(namespace, context)
         objs = build_objects(
@@ -203,13 +216,17 @@ def submit(
             secret=secret,
             output=output,
             instance=name,
+            queue=queue,
             resolve_operator=lambda requested: api.cluster_mode(requested, out=_say),
         )
         api.create(objs, out=_say)
-        instance = objs[-1]["metadata"]["labels"]["app.kubernetes.io/instance"]
+        job = next(o for o in objs if o["kind"] == "Job")
+        instance = job["metadata"]["labels"]["app.kubernetes.io/instance"]
+        queued = job["metadata"]["labels"].get(QUEUE_LABEL)
         _say(
-            f"submitted sweep {instance} to namespace {api.namespace}; follow it with"
-            f" `sweep logs {instance} -n {api.namespace} --follow`"
+            f"submitted sweep {instance} to namespace {api.namespace}"
+            + (f" (queued in Kueue LocalQueue {queued}: it starts when admitted)" if queued else "")
+            + f"; follow it with `sweep logs {instance} -n {api.namespace} --follow`"
         )
         if not wait:
             return
@@ -241,6 +258,8 @@ def status(
         _out(json.dumps(info))
         return
     _out(f"{info['name']}: {info['state']} (job/{info['job']}, namespace {info['namespace']})")
+    if info.get("waiting"):
+        _out(f"  waiting    {info['waiting']}")
     if info["started"]:
         _out(
             f"  started    {info['started']}"

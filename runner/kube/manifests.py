@@ -321,6 +321,7 @@ def build_manifests(
         image=image,
         secret=secret,
         opts=opts,
+        queue=kube.queue,
     )
     return [service_account, role, binding, config_map, job]
 
@@ -333,8 +334,14 @@ def build_job(
     image: str,
     secret: str | None,
     opts: ManifestOptions,
+    queue: str | None = None,
 ) -> dict[str, Any]:
-    """The runner ``batch/v1`` Job (pure)."""
+    """The runner ``batch/v1`` Job (pure).
+
+    With a Kueue ``queue``, the Job carries its queue-name label and is created
+    suspended: Kueue unsuspends it when the queue admits it (and may suspend it again
+    to preempt it: the runner drains, and the next runner pod resumes).
+    """
     labels = cs.sweep_labels(instance, "runner")
     env: list[dict[str, Any]] = [
         {"name": "SWEEP_INSTANCE", "value": instance},
@@ -384,12 +391,11 @@ def build_job(
         job_spec["activeDeadlineSeconds"] = opts.active_deadline_seconds
     if opts.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = opts.ttl_seconds_after_finished
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": _meta(name, instance, "runner", namespace),
-        "spec": job_spec,
-    }
+    metadata = _meta(name, instance, "runner", namespace)
+    if queue:
+        metadata["labels"][cs.QUEUE_LABEL] = queue
+        job_spec["suspend"] = True
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
 
 
 def pod_security_context() -> dict[str, Any]:

@@ -354,6 +354,8 @@ class KubeApi:
             "namespace": self.namespace,
             "job": job.metadata.name,
             "state": job_state(job),
+            "queue": job_queue(job),
+            "waiting": admission_note(job, self.namespace),
             "started": _iso(job.status.start_time),
             "finished": _iso(job.status.completion_time),
             "attempts": (job.status.failed or 0)
@@ -454,10 +456,18 @@ class KubeApi:
 
         streamed: set[str] = set()
         stuck_since: dict[str, float] = {}
+        said = None
         while True:
             job = self.find_job(instance)
             pods = self.runner_pods(instance, job.metadata.name)
             state = job_state(job)
+            note = admission_note(job, self.namespace)
+            if note != said:
+                if note:
+                    err(f"{instance}: {note}")
+                elif said:
+                    err(f"{instance}: admitted; the runner starts")
+                said = note
             pending = [p for p in pods if p.metadata.name not in streamed]
             for pod in pending:
                 name = pod.metadata.name
@@ -683,7 +693,8 @@ def api_error(action: str, e: Any, namespace: str) -> InfrastructureError:
 
 
 def job_state(job: Any) -> str:
-    """``succeeded``, ``failed``, ``running`` or ``pending`` from a Job's status."""
+    """``succeeded``, ``failed``, ``running``, ``queued`` (suspended, waiting for Kueue
+    to admit it), ``suspended`` (by someone else) or ``pending`` from a Job."""
     for c in job.status.conditions or []:
         if c.status != "True":
             continue
@@ -691,9 +702,34 @@ def job_state(job: Any) -> str:
             return "succeeded"
         if c.type in ("Failed", "FailureTarget"):
             return "failed"
+    if job.spec is not None and job.spec.suspend:
+        return "queued" if job_queue(job) else "suspended"
     if job.status.active:
         return "running"
     return "pending"
+
+
+def job_queue(job: Any) -> str | None:
+    """The Kueue LocalQueue a Job is queued in (its queue-name label), if any."""
+    return (job.metadata.labels or {}).get(cs.QUEUE_LABEL)
+
+
+def admission_note(job: Any, namespace: str) -> str | None:
+    """What a ``queued`` or ``suspended`` Job waits for, and how to see why."""
+    state = job_state(job)
+    if state == "queued":
+        queue = job_queue(job)
+        return (
+            f"waiting for admission by Kueue (LocalQueue {queue}); see"
+            f" `kubectl get workloads -n {namespace}` and"
+            f" `kubectl describe localqueue {queue} -n {namespace}`"
+        )
+    if state == "suspended":
+        return (
+            f"suspended (spec.suspend); resume it with `kubectl patch job"
+            f' {job.metadata.name} -n {namespace} -p \'{{"spec":{{"suspend":false}}}}\'`'
+        )
+    return None
 
 
 def runner_exit_code(pod: Any) -> int | None:

@@ -361,14 +361,17 @@ class WorkerWatcher:
     def __init__(self, kube_cluster: Any, namespace: str) -> None:
         self.kube_cluster, self.namespace = kube_cluster, namespace
         self.samples: list[tuple[float, int]] = []  # (monotonic time, live worker pods)
+        self.labels: dict[str, dict[str, str]] = {}  # every worker pod seen: its labels
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                n = len(live_worker_pods(self.kube_cluster, self.namespace))
-                self.samples.append((time.monotonic(), n))
+                live = live_worker_pods(self.kube_cluster, self.namespace)
+                self.samples.append((time.monotonic(), len(live)))
+                for p in live:
+                    self.labels[p["metadata"]["name"]] = p["metadata"].get("labels") or {}
             except Exception:
                 pass
             self._stop.wait(0.25)

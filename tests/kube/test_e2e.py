@@ -16,11 +16,13 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from runner.kube.cluster_spec import QUEUE_LABEL
 from tests.kube.sweeps import (
     IMAGE,
     ROOT,
     SECRET,
     SWEEP_OBJECT_KINDS,
+    SweepProcess,
     WorkerWatcher,
     assert_clean,
     check_results,
@@ -211,6 +213,85 @@ def _submit_scenario(kube_cluster, ns, env, s3, tmp_path):
         assert c.returncode == 0, show(c)
     assert_clean(kube_cluster, ns, SWEEP_OBJECT_KINDS, prefix="e2e-", timeout=60)
     assert load(f"{s3}/long")["item"].is_unique  # what finished before the cancel is kept
+
+
+def test_a_queued_sweep_waits_for_kueue_admission(
+    kube_cluster, kube_namespace, s3, s3_server, tmp_path
+):
+    """`--queue`: the Job is created suspended and labelled, nothing runs and `sweep status`
+    and `submit --wait` say it waits for admission; unsuspended as Kueue admits it, it runs
+    and its worker pods carry the queue label (the scheduler's does not)."""
+    from kr8s.objects import Job
+
+    ns = kube_namespace
+    make_secret(kube_cluster, ns, s3_server)
+    env = sweep_env(kube_cluster)
+    spec = write_spec(
+        tmp_path / "spec.yaml",
+        "e2e-kueue",
+        n=20,
+        partition_size=10,
+        namespace=ns,
+        function=slow_command("0.1"),
+        call="command",
+        max_workers=1,
+        **kube_cluster.kube_options,
+    )
+    out = f"{s3}/kueue"
+    args = ["submit", str(spec), "-o", out, "--secret", SECRET, "--name", "e2e-kueue", "-n", ns]
+    args += ["--queue", "team-a", "--wait"] + (["--image", IMAGE] if IMAGE else [])
+    with WorkerWatcher(kube_cluster, ns) as watcher:
+        waiting = SweepProcess(env, *args)
+        try:
+            job = kube_cluster.wait_for(
+                lambda: next(iter(kube_cluster.list("jobs.batch", ns)), None),
+                timeout=60,
+                message="the sweep's Job",
+            )
+            assert job["spec"]["suspend"] is True, job["spec"]
+            assert job["metadata"]["labels"][QUEUE_LABEL] == "team-a", job["metadata"]
+            # the Job controller has seen it (Suspended) and started nothing
+            kube_cluster.wait_for(
+                lambda: any(
+                    c["type"] == "Suspended" and c["status"] == "True"
+                    for c in (kube_cluster.get("jobs.batch", job["metadata"]["name"], ns) or {})
+                    .get("status", {})
+                    .get("conditions", [])
+                ),
+                timeout=30,
+                message="the Job's Suspended condition",
+            )
+            assert not kube_cluster.list("pods", ns), "a queued sweep started pods"
+            st = sweep(env, "status", "e2e-kueue", "-n", ns, "--json", timeout=60)
+            info = last_json(st.stdout)
+            assert info["state"] == "queued" and info["queue"] == "team-a", info
+            st = sweep(env, "status", "e2e-kueue", "-n", ns, timeout=60)
+            assert "waiting    waiting for admission by Kueue (LocalQueue team-a)" in st.stdout, (
+                show(st)
+            )
+            kube_cluster.wait_for(
+                lambda: "waiting for admission by Kueue" in waiting.stderr,
+                timeout=30,
+                message=lambda: f"`submit --wait` saying it waits: {waiting.stderr}",
+            )
+            # Kueue admits the workload: it unsuspends the Job
+            Job.get(job["metadata"]["name"], namespace=ns, api=kube_cluster.api).patch(
+                {"spec": {"suspend": False}}
+            )
+            assert waiting.wait(200) == 0, waiting.stderr[-4000:]
+        finally:
+            if waiting.returncode is None:
+                waiting.proc.kill()
+    assert "admitted; the runner starts" in waiting.stderr, waiting.stderr[-4000:]
+    check_results(out, 20)
+    assert watcher.labels, "no worker pod was seen"
+    for name, labels in watcher.labels.items():
+        assert labels.get(QUEUE_LABEL) == "team-a", (name, labels)
+    schedulers = kube_cluster.list("pods", ns, label_selector="dask.org/component=scheduler")
+    assert all(QUEUE_LABEL not in s["metadata"].get("labels", {}) for s in schedulers)
+    c = sweep(env, "cancel", "e2e-kueue", "-n", ns, timeout=120)
+    assert c.returncode == 0, show(c)
+    assert_clean(kube_cluster, ns, SWEEP_OBJECT_KINDS, prefix="e2e-", timeout=60)
 
 
 def _render_chart(values: dict, name: str, namespace: str) -> list[dict]:

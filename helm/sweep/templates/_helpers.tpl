@@ -159,11 +159,22 @@ runner.secrets.literal_secrets finds them. Arg: dict "path" "obj".
 {{- if not (kindIs "invalid" $d.partitionsPerWorker) }}{{ $_ := set $kube "partitions_per_worker" $d.partitionsPerWorker }}{{ end }}
 {{- if not (kindIs "invalid" $d.workerThreads) }}{{ $_ := set $kube "worker_threads" $d.workerThreads }}{{ end }}
 {{- if not (kindIs "invalid" $d.startupTimeout) }}{{ $_ := set $kube "startup_timeout" $d.startupTimeout }}{{ end }}
+{{- $q := .Values.kueue.queueName }}
+{{- if not (kindIs "invalid" $q) }}{{ if $q }}{{ $_ := set $kube "queue" $q }}{{ else }}{{ $_ := unset $kube "queue" }}{{ end }}{{ end }}
 {{- $_ := set $kube "operator" (eq (include "sweep.operator" (dict "ctx" . "requested" (get $kube "operator"))) "true") }}
 {{- $_ := set $cluster "kind" "kubernetes" }}
 {{- $_ := set $cluster "kubernetes" $kube }}
 {{- $_ := set $spec "cluster" $cluster }}
 {{- toYaml $spec }}
+{{- end }}
+
+{{/* The Kueue LocalQueue of the sweep ("" for none): kueue.queueName, else the spec's. */}}
+{{- define "sweep.queue" -}}
+{{- if .Values.existingConfigMap }}
+{{- .Values.kueue.queueName | default "" }}
+{{- else }}
+{{- (include "sweep.spec" . | fromYaml).cluster.kubernetes.queue | default "" }}
+{{- end }}
 {{- end }}
 
 {{/*

@@ -361,8 +361,11 @@ class Kubelet:
                         self.store.delete(rt, ns, meta["name"], {"propagationPolicy": "Background"})
                 continue
             tracking.add(uid)
+            suspended = conds.get("Suspended", {}).get("status") == "True"
+            if bool(spec.get("suspend")) != suspended:
+                self._mark_suspended(rt, j, bool(spec.get("suspend")))
             if spec.get("suspend"):
-                continue
+                continue  # (a Job suspended while it runs keeps its pods here; k8s deletes them)
             pods = self._owned("pods", uid, ns)
             policy = (spec.get("template", {}).get("spec", {}) or {}).get("restartPolicy", "Never")
             active = [
@@ -385,7 +388,7 @@ class Kubelet:
                     for p in pods
                     for cs in p.get("status", {}).get("containerStatuses") or []
                 )
-            start = status.get("startTime") or now_iso()
+            start = (None if suspended else status.get("startTime")) or now_iso()
             completions = int(spec.get("completions") or 1)
             parallelism = int(spec.get("parallelism") if spec.get("parallelism") is not None else 1)
             backoff_limit = int(
@@ -524,6 +527,29 @@ class Kubelet:
             for p in counted:  # after the status update, so that no pod goes uncounted
                 self._drop_job_finalizer(p)
         self._release_job_pods(tracking)
+
+    def _mark_suspended(self, rt: Any, job: dict, suspended: bool) -> None:
+        """The Job's ``Suspended`` condition, as the Job controller keeps it (Kueue's
+        admission is ``spec.suspend`` turned false; resuming restarts ``startTime``)."""
+        ts = now_iso()
+        cond = {
+            "type": "Suspended",
+            "status": "True" if suspended else "False",
+            "reason": "JobSuspended" if suspended else "JobResumed",
+            "message": "Job suspended" if suspended else "Job resumed",
+            "lastProbeTime": ts,
+            "lastTransitionTime": ts,
+        }
+
+        def upd(o: dict) -> None:
+            st = o.setdefault("status", {})
+            conds = [c for c in st.get("conditions") or [] if c["type"] != "Suspended"]
+            st["conditions"] = [*conds, cond]
+            if suspended:
+                st.pop("startTime", None)
+
+        meta = job["metadata"]
+        self.store.update_internal(rt, meta["namespace"], meta["name"], upd)
 
     def _count_job_pods(
         self, job: dict, pods: list[dict]
