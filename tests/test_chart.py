@@ -338,6 +338,22 @@ def test_chart_matches_sweep_manifest(chart: Any, operator: bool) -> None:
         od["scheduler-template.yaml"]
     )
     assert yaml.safe_load(cd["spec.yaml"]) == yaml.safe_load(od["spec.yaml"])
+    chart_policies = {o["metadata"]["name"]: o for o in objs if o["kind"] == "NetworkPolicy"}
+    our_policies = {
+        o["metadata"]["name"]: o
+        for o in mf.build_manifests(
+            spec,
+            worker_template=worker,
+            scheduler_template=scheduler,
+            options=mf.ManifestOptions(namespace="sweeps", operator=operator),
+        )
+        if o["kind"] == "NetworkPolicy"
+    }
+    assert (
+        sorted(chart_policies) == sorted(our_policies) == ["pi-sweep-runner", "pi-sweep-scheduler"]
+    )
+    for name, policy in our_policies.items():
+        assert chart_policies[name]["spec"] == policy["spec"], name
 
 
 def test_kueue_queue_labels_the_job_and_creates_it_suspended(chart: Any) -> None:
@@ -503,8 +519,10 @@ def test_every_object_names_the_release_namespace(chart: Any) -> None:
             assert o["metadata"].get("namespace") == "team-a", (case, o["kind"])
 
 
-def test_network_policies_select_the_sweeps_pods(chart: Any) -> None:
-    objs, _, _ = render(chart, VALUE_SETS["spec-yaml"], name="pi")
+@pytest.mark.parametrize("operator", [True, False])
+def test_network_policies_select_the_sweeps_pods(chart: Any, operator: bool) -> None:
+    values = {**VALUE_SETS["spec-yaml"], "dask": {"operator": operator}}
+    objs, _, _ = render(chart, values, name="pi")
     policies = {o["metadata"]["name"]: o["spec"] for o in objs if o["kind"] == "NetworkPolicy"}
     job = by_kind(objs)["Job"]
     runner_labels = job["spec"]["template"]["metadata"]["labels"]
@@ -522,9 +540,12 @@ def test_network_policies_select_the_sweeps_pods(chart: Any) -> None:
     # the comm port: the runner and the workers (both carry the instance label), the operator
     peers = comm["from"][0]["podSelector"]["matchLabels"]
     assert peers.items() <= runner_labels.items() and peers.items() <= scheduler_labels.items()
-    assert comm["from"][1] == {
-        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "dask-operator"}}
-    }
+    if operator:  # the operator retires workers through the scheduler
+        assert comm["from"][1:] == [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "dask-operator"}}}
+        ]
+    else:
+        assert comm["from"][1:] == []
     assert {p["port"] for p in comm["ports"]} == {cs.SCHEDULER_PORT, 8787}
     assert dashboard == {
         "from": [{"podSelector": {}}],

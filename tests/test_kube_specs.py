@@ -547,6 +547,8 @@ def by_kind(objs: list[dict]) -> dict[str, dict]:
 def test_manifests_are_valid_kubernetes(opts: dict) -> None:
     objs = build(**opts)
     assert [o["kind"] for o in objs] == [
+        "NetworkPolicy",
+        "NetworkPolicy",
         "ServiceAccount",
         "Role",
         "RoleBinding",
@@ -561,7 +563,8 @@ def test_manifests_are_valid_kubernetes(opts: dict) -> None:
         assert labels["app.kubernetes.io/name"] == "sweep"
         assert labels["app.kubernetes.io/managed-by"] == "sweep-runner"
         assert o["metadata"].get("namespace") == opts.get("namespace")
-        assert o["metadata"]["name"] == mf.fullname(instance)
+        suffix = {"NetworkPolicy": ("-scheduler", "-runner")}.get(o["kind"], ("",))
+        assert o["metadata"]["name"] in [mf.fullname(instance) + x for x in suffix]
 
 
 def _granted(role: dict) -> dict[tuple[str, str], set[str]]:
@@ -748,6 +751,8 @@ def test_sweep_manifest_output_is_valid() -> None:
     docs = kubecheck.load_docs(res.stdout)
     kubecheck.validate_all(docs)
     assert [d["kind"] for d in docs] == [
+        "NetworkPolicy",
+        "NetworkPolicy",
         "ServiceAccount",
         "Role",
         "RoleBinding",
@@ -789,6 +794,39 @@ def test_kueue_queue_labels_the_job_the_workers_and_suspends_the_job() -> None:
     res = sweep("manifest", "examples/pi.yaml", "-o", "s3://b/pi")
     job = next(d for d in kubecheck.load_docs(res.stdout) if d["kind"] == "Job")
     assert cs.QUEUE_LABEL not in job["metadata"]["labels"] and "suspend" not in job["spec"]
+
+
+@pytest.mark.parametrize("operator", [True, False, "auto"])
+def test_network_policies_follow_the_mode(operator: bool | str) -> None:
+    """The scheduler's comm port: the sweep's pods, plus the operator's namespace where the
+    operator may run the cluster (operator mode, and auto while undecided); the runner
+    takes no connections; --no-network-policy leaves them out."""
+    spec = load_spec(ROOT / "examples" / "pi.yaml", output="s3://b/pi")
+    kube = spec.cluster.kubernetes.model_copy(update={"operator": operator})
+    spec = spec.model_copy(update={"cluster": spec.cluster.model_copy(update={"kubernetes": kube})})
+    templates = {
+        "worker_template": cs.load_pod_template(None, "worker"),
+        "scheduler_template": cs.load_pod_template(None, "scheduler"),
+    }
+    objs = mf.build_manifests(spec, **templates, options=mf.ManifestOptions(namespace="sweeps"))
+    kubecheck.validate_all(objs)
+    policies = {o["metadata"]["name"]: o for o in objs if o["kind"] == "NetworkPolicy"}
+    assert sorted(policies) == ["pi-sweep-runner", "pi-sweep-scheduler"]
+    comm = policies["pi-sweep-scheduler"]["spec"]["ingress"][0]
+    namespaces = [p["namespaceSelector"] for p in comm["from"] if "namespaceSelector" in p]
+    if operator is False:
+        assert namespaces == []
+    else:
+        assert namespaces == [{"matchLabels": {"kubernetes.io/metadata.name": "dask-operator"}}]
+    runner = next(o for o in objs if o["kind"] == "Job")["spec"]["template"]["metadata"]
+    selector = policies["pi-sweep-runner"]["spec"]["podSelector"]["matchLabels"]
+    assert selector.items() <= runner["labels"].items()
+    assert policies["pi-sweep-runner"]["spec"]["ingress"] == []
+    off = mf.build_manifests(spec, **templates, options=mf.ManifestOptions(network_policy=False))
+    assert "NetworkPolicy" not in {o["kind"] for o in off}
+    res = sweep("manifest", "examples/pi.yaml", "-o", "s3://b/pi", "--no-network-policy")
+    assert res.returncode == 0, res.stderr
+    assert "NetworkPolicy" not in {d["kind"] for d in kubecheck.load_docs(res.stdout)}
 
 
 def test_sweep_manifest_ships_a_function_file(tmp_path: Path) -> None:
@@ -837,6 +875,12 @@ class FakeApi(http.server.BaseHTTPRequestHandler):
 
     status_for_dask = 404
     status_for_pods = 404
+    posted: list[str] = []  # paths of the creations asked for (each fixture: its own list)
+
+    def do_POST(self) -> None:
+        self.posted.append(self.path)
+        code = 403 if "networkpolicies" in self.path else 500
+        self._send(code, {"kind": "Status", "apiVersion": "v1", "code": code, "message": "no"})
 
     def do_GET(self) -> None:
         if self.path.rstrip("/") == "/version":
@@ -863,7 +907,7 @@ class FakeApi(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeApi]]:
-    handler = type("Handler", (FakeApi,), {})
+    handler = type("Handler", (FakeApi,), {"posted": []})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     kubeconfig = tmp_path / "kubeconfig"
@@ -938,6 +982,21 @@ def test_submit_checks_for_the_operator(fake_api: type[FakeApi]) -> None:
     fake_api.status_for_dask = 403  # this account may not look: the runner decides
     assert api.cluster_mode("auto") is None
     assert api.cluster_mode(True) is True
+
+
+def test_submit_without_the_right_to_create_network_policies_creates_nothing(
+    fake_api: type[FakeApi],
+) -> None:
+    from runner.kube.commands import build_objects
+    from runner.kube.submit import KubeApi
+
+    api = KubeApi()
+    objs = build_objects(ROOT / "examples" / "pi.yaml", output="s3://b/pi", namespace="sweeps")
+    with pytest.raises(InfrastructureError) as e:
+        api.create(objs)
+    assert "may not create NetworkPolicies in namespace sweeps" in str(e.value)
+    assert "--no-network-policy" in str(e.value)
+    assert len(fake_api.posted) == 1 and "networkpolicies" in fake_api.posted[0]
 
 
 # --------------------------------------------------------------------------- submit helpers

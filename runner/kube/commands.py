@@ -52,6 +52,21 @@ QueueOpt = Annotated[
         " created suspended and labelled, the workers are labelled."
     ),
 ]
+NetworkPolicyOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Add the NetworkPolicies: only the sweep's pods (and the Dask operator's"
+        " namespace) reach its scheduler; the runner takes no connections."
+    ),
+]
+OperatorNamespaceOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Namespace of the Dask operator, let through to the scheduler in operator mode"
+        ' (default: dask-operator; "" for none).',
+        show_default=False,
+    ),
+]
 ContextOpt = Annotated[str | None, typer.Option(help="kubeconfig context to use.")]
 InstanceOpt = Annotated[
     str | None,
@@ -85,6 +100,8 @@ def build_objects(
     output: str | None = None,
     instance: str | None = None,
     queue: str | None = None,
+    network_policy: bool = True,
+    operator_namespace: str | None = None,
     resolve_operator: Callable[[bool | str], bool | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Load a spec and its pod templates and build the sweep's Kubernetes objects.
@@ -140,7 +157,16 @@ def build_objects(
             data["function"] = f"{mf.CONFIG_DIR}/{path.name}:{attr}"
     operator = resolve_operator(kube.operator) if resolve_operator is not None else None
     options = mf.ManifestOptions(
-        namespace=namespace, image=image, secret=secret, instance=instance, operator=operator
+        namespace=namespace,
+        image=image,
+        secret=secret,
+        instance=instance,
+        operator=operator,
+        network_policy=network_policy,
+        operator_namespace=(
+            mf.DEFAULT_OPERATOR_NAMESPACE if operator_namespace is None else operator_namespace
+        )
+        or None,
     )
     return mf.build_manifests(
         spec,
@@ -170,6 +196,8 @@ def manifest(
     output: OutputOpt = None,
     name: InstanceOpt = None,
     queue: QueueOpt = None,
+    network_policy: NetworkPolicyOpt = True,
+    operator_namespace: OperatorNamespaceOpt = None,
 ) -> None:
     """Print the sweep's ConfigMap, RBAC and Job as YAML for `kubectl apply -f -`."""
     from .manifests import to_yaml
@@ -183,6 +211,8 @@ def manifest(
             output=output,
             instance=name,
             queue=queue,
+            network_policy=network_policy,
+            operator_namespace=operator_namespace,
         )
     except SweepError as e:
         raise _fail(e) from e
@@ -198,6 +228,8 @@ def submit(
     output: OutputOpt = None,
     name: InstanceOpt = None,
     queue: QueueOpt = None,
+    network_policy: NetworkPolicyOpt = True,
+    operator_namespace: OperatorNamespaceOpt = None,
     wait: Annotated[
         bool,
         typer.Option(help="Follow the runner's log and exit with the sweep's exit code."),
@@ -217,6 +249,8 @@ def submit(
             output=output,
             instance=name,
             queue=queue,
+            network_policy=network_policy,
+            operator_namespace=operator_namespace,
             resolve_operator=lambda requested: api.cluster_mode(requested, out=_say),
         )
         api.create(objs, out=_say)

@@ -8,6 +8,9 @@ them through the API, and the Helm chart ``helm/sweep`` renders the same objects
 - ``ServiceAccount``, ``Role`` and ``RoleBinding`` ``<name>``: what the runner needs to
   run its Dask cluster (through the operator, or as its own pods: :func:`rbac_rules`), in
   its namespace only;
+- ``NetworkPolicy`` ``<name>-scheduler`` and ``<name>-runner``: only the sweep's own pods
+  (and, with the operator, its namespace) reach the scheduler's comm port; the runner
+  takes no connections (:func:`network_policies`);
 - ``Job`` ``<name>``: ``sweep run /etc/sweep/spec.yaml --cluster kubernetes`` in a
   locked-down container; its exit code is the CLI's (0 ok, 1 failure budget exceeded,
   2 bad input, 3 infrastructure).
@@ -51,6 +54,8 @@ def termination_grace_period(grace_seconds: float) -> int:
 
 
 RUNNER_UID = 10001
+#: where the Dask operator's Helm chart installs it (it calls schedulers to retire workers)
+DEFAULT_OPERATOR_NAMESPACE = "dask-operator"
 LOCAL_PROTOCOLS = ("file", "local", "memory")
 
 DEFAULT_RUNNER_RESOURCES: dict[str, Any] = {
@@ -143,6 +148,9 @@ class ManifestOptions:
     service_account_annotations: Mapping[str, str] = field(default_factory=dict)
     #: overrides ``cluster.kubernetes.operator`` (``sweep submit`` resolves ``auto``)
     operator: bool | None = None
+    #: the two NetworkPolicies of :func:`network_policies` (the chart's networkPolicy.*)
+    network_policy: bool = True
+    operator_namespace: str | None = DEFAULT_OPERATOR_NAMESPACE
 
 
 def fullname(instance: str) -> str:
@@ -233,7 +241,7 @@ def build_manifests(
     files: Mapping[str, str] | None = None,
     options: ManifestOptions | None = None,
 ) -> list[dict[str, Any]]:
-    """ServiceAccount, Role, RoleBinding, ConfigMap and Job of one sweep (pure).
+    """ServiceAccount, Role, RoleBinding, ConfigMap, NetworkPolicies and Job of one sweep (pure).
 
     Parameters
     ----------
@@ -323,7 +331,91 @@ def build_manifests(
         opts=opts,
         queue=kube.queue,
     )
-    return [service_account, role, binding, config_map, job]
+    policies = (
+        network_policies(
+            name,
+            instance,
+            namespace,
+            # auto, undecided here: the runner may use the operator (as the Role allows)
+            operator_namespace=opts.operator_namespace if operator is not False else None,
+        )
+        if opts.network_policy
+        else []
+    )
+    # the policies first: a user who may not create them is told before anything exists
+    return [*policies, service_account, role, binding, config_map, job]
+
+
+def network_policies(
+    name: str, instance: str, namespace: str | None, operator_namespace: str | None = None
+) -> list[dict[str, Any]]:
+    """Who may reach the sweep's pods (pure; the chart's ``networkpolicy.yaml``).
+
+    The scheduler's comm port (and dashboard) only the sweep's own pods (the runner and
+    the workers: they carry its instance label) and, when given, pods of the Dask
+    operator's namespace (it asks the scheduler which workers to retire); the dashboard
+    also any pod of the namespace. The runner only connects out: it takes no connections.
+    Workers are left open: the scheduler and their peers connect to them.
+    """
+    peers: list[dict[str, Any]] = [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": instance}}}
+    ]
+    if operator_namespace:
+        peers.append(
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": operator_namespace}
+                }
+            }
+        )
+    scheduler = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(f"{name}-scheduler", instance, "network-policy", namespace),
+        "spec": {
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/instance": instance,
+                    pods.COMPONENT_LABEL: "scheduler",
+                }
+            },
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": peers,
+                    "ports": [
+                        {"port": cs.SCHEDULER_PORT, "protocol": "TCP"},
+                        {"port": cs.DASHBOARD_PORT, "protocol": "TCP"},
+                    ],
+                },
+                {
+                    "from": [{"podSelector": {}}],
+                    "ports": [{"port": cs.DASHBOARD_PORT, "protocol": "TCP"}],
+                },
+            ],
+        },
+    }
+    runner_labels = cs.sweep_labels(instance, "runner")
+    runner = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(f"{name}-runner", instance, "network-policy", namespace),
+        "spec": {
+            "podSelector": {
+                "matchLabels": {
+                    k: runner_labels[k]
+                    for k in (
+                        "app.kubernetes.io/name",
+                        "app.kubernetes.io/instance",
+                        "app.kubernetes.io/component",
+                    )
+                }
+            },
+            "policyTypes": ["Ingress"],
+            "ingress": [],
+        },
+    }
+    return [scheduler, runner]
 
 
 def build_job(

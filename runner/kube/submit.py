@@ -84,6 +84,7 @@ class KubeApi:
         self.core = client.CoreV1Api()
         self.batch = client.BatchV1Api()
         self.rbac = client.RbacAuthorizationV1Api()
+        self.networking = client.NetworkingV1Api()
         self.custom = client.CustomObjectsApi()
         self.host = client.Configuration.get_default_copy().host
 
@@ -181,6 +182,12 @@ class KubeApi:
                 result = create(self.namespace, obj, _request_timeout=REQUEST_TIMEOUT)
                 out(f"{kind.lower()}/{name} created")
             except ApiException as e:
+                if kind == "NetworkPolicy" and e.status in (401, 403):
+                    raise InfrastructureError(
+                        f"creating NetworkPolicy {name}: HTTP {e.status}: your Kubernetes user"
+                        f" may not create NetworkPolicies in namespace {self.namespace}; ask for"
+                        " that right, or pass --no-network-policy to submit without them"
+                    ) from e
                 if e.status != 409 or replace is None:
                     raise api_error(f"creating {kind} {name}", e, self.namespace) from e
                 result = self._call(f"updating {kind} {name}", replace, name, self.namespace, obj)
@@ -226,6 +233,10 @@ class KubeApi:
                 self.rbac.create_namespaced_role_binding,
                 self.rbac.replace_namespaced_role_binding,
             ),
+            "NetworkPolicy": (
+                self.networking.create_namespaced_network_policy,
+                self.networking.replace_namespaced_network_policy,
+            ),
             "Job": (self.batch.create_namespaced_job, None),
         }
         if kind not in table:
@@ -238,6 +249,7 @@ class KubeApi:
             "ConfigMap": self.core.patch_namespaced_config_map,
             "Role": self.rbac.patch_namespaced_role,
             "RoleBinding": self.rbac.patch_namespaced_role_binding,
+            "NetworkPolicy": self.networking.patch_namespaced_network_policy,
         }[kind]
 
     # ------------------------------------------------------------------ find
@@ -520,22 +532,23 @@ class KubeApi:
     # ------------------------------------------------------------------ cancel
 
     def cancel(self, instance: str, out: Printer = _ignore, wait: float = 120.0) -> list[str]:
-        """Delete the sweep's Job (foreground: its pods first), DaskClusters, ConfigMap and RBAC.
+        """Delete the sweep's Job (foreground: its pods first), Dask cluster, ConfigMap,
+        NetworkPolicies and RBAC.
 
         Deleting the runner pod sends it SIGTERM: it deletes its own Dask cluster while
         its Role still exists; leftovers are deleted here afterwards. Objects a Helm
         release manages are left to ``helm uninstall``.
         """
         from kubernetes import client
-        from kubernetes.client.exceptions import ApiException
 
         selector = f"{INSTANCE}={instance}"
+        own = selector + f",app.kubernetes.io/name={cs.PART_OF}"
         deleted: list[str] = []
         jobs = self._call(
             f"listing the Jobs of {instance}",
             self.batch.list_namespaced_job,
             self.namespace,
-            label_selector=selector + f",app.kubernetes.io/name={cs.PART_OF}",
+            label_selector=own,
         ).items
         clusters = self.dask_clusters(instance)
         if not jobs and not clusters and not self.dask_pods(instance):
@@ -544,58 +557,41 @@ class KubeApi:
             )
         body = client.V1DeleteOptions(propagation_policy="Foreground")
         for job in jobs:
-            try:
-                self.batch.delete_namespaced_job(
-                    job.metadata.name, self.namespace, body=body, _request_timeout=REQUEST_TIMEOUT
-                )
-                deleted.append(f"job/{job.metadata.name}")
-                out(f"job/{job.metadata.name} deleted (its pods first)")
-            except ApiException as e:
-                if e.status != 404:
-                    raise api_error(f"deleting Job {job.metadata.name}", e, self.namespace) from e
+            self._delete_one(
+                "job", job.metadata.name, self.batch.delete_namespaced_job, deleted, out,
+                note=" (its pods first)", body=body,
+            )  # fmt: skip
         end = time.monotonic() + wait
         while jobs and time.monotonic() < end:
             if all(self._get_job(j.metadata.name) is None for j in jobs):
                 break
             time.sleep(2)
         for c in self.dask_clusters(instance):
-            name = c["metadata"]["name"]
-            try:
-                self.custom.delete_namespaced_custom_object(
-                    DASK_GROUP,
-                    DASK_VERSION,
-                    self.namespace,
-                    "daskclusters",
-                    name,
-                    _request_timeout=REQUEST_TIMEOUT,
-                )
-                deleted.append(f"daskcluster/{name}")
-                out(f"daskcluster/{name} deleted")
-            except ApiException as e:
-                if e.status != 404:
-                    raise api_error(f"deleting DaskCluster {name}", e, self.namespace) from e
+            self._delete_one(
+                "daskcluster", c["metadata"]["name"],
+                lambda name, ns, **kw: self.custom.delete_namespaced_custom_object(
+                    DASK_GROUP, DASK_VERSION, ns, "daskclusters", name, **kw
+                ),
+                deleted, out,
+            )  # fmt: skip
         for kind, obj in self.dask_pods(instance):  # pod mode: the runner's own pods
             deleter = (
                 self.core.delete_namespaced_pod
                 if kind == "pod"
                 else self.core.delete_namespaced_service
             )
-            try:
-                deleter(obj.metadata.name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
-                deleted.append(f"{kind}/{obj.metadata.name}")
-                out(f"{kind}/{obj.metadata.name} deleted")
-            except ApiException as e:
-                if e.status != 404:
-                    raise api_error(
-                        f"deleting {kind} {obj.metadata.name}", e, self.namespace
-                    ) from e
+            self._delete_one(kind, obj.metadata.name, deleter, deleted, out)
         helm_managed = False
-        own = selector + f",app.kubernetes.io/name={cs.PART_OF}"
         for kind, lister, deleter in (
             (
                 "configmap",
                 self.core.list_namespaced_config_map,
                 self.core.delete_namespaced_config_map,
+            ),
+            (
+                "networkpolicy",
+                self.networking.list_namespaced_network_policy,
+                self.networking.delete_namespaced_network_policy,
             ),
             (
                 "rolebinding",
@@ -615,20 +611,34 @@ class KubeApi:
                 if (obj.metadata.labels or {}).get("app.kubernetes.io/managed-by") == "Helm":
                     helm_managed = True
                     continue
-                try:
-                    deleter(obj.metadata.name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
-                    deleted.append(f"{kind}/{obj.metadata.name}")
-                    out(f"{kind}/{obj.metadata.name} deleted")
-                except ApiException as e:
-                    if e.status != 404:
-                        raise api_error(
-                            f"deleting {kind} {obj.metadata.name}", e, self.namespace
-                        ) from e
+                self._delete_one(kind, obj.metadata.name, deleter, deleted, out)
         if helm_managed:
             out(
                 f"the rest belongs to a Helm release: helm uninstall {instance} -n {self.namespace}"
             )
         return deleted
+
+    def _delete_one(
+        self,
+        kind: str,
+        name: str,
+        deleter: Callable[..., Any],
+        deleted: list[str],
+        out: Printer,
+        note: str = "",
+        **kwargs: Any,
+    ) -> None:
+        """Delete one object and say so; one already gone is fine."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            deleter(name, self.namespace, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+        except ApiException as e:
+            if e.status == 404:
+                return
+            raise api_error(f"deleting {kind} {name}", e, self.namespace) from e
+        deleted.append(f"{kind}/{name}")
+        out(f"{kind}/{name} deleted{note}")
 
 
 # --------------------------------------------------------------------------- pure helpers

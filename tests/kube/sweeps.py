@@ -43,6 +43,7 @@ SWEEP_OBJECT_KINDS = (
     "roles.rbac.authorization.k8s.io",
     "rolebindings.rbac.authorization.k8s.io",
     "serviceaccounts",
+    "networkpolicies.networking.k8s.io",
 )
 
 

@@ -203,6 +203,15 @@ def _submit_scenario(kube_cluster, ns, env, s3, tmp_path):
     st = sweep(env, "status", "e2e-long", "-n", ns, timeout=60)
     assert "items/s, ETA " in st.stdout, show(st)
     assert kube_cluster.dask_objects(ns), "the running sweep has no Dask cluster"
+    # its NetworkPolicies, owned by its Job (they go with it)
+    policies = kube_cluster.list(
+        "networkpolicies.networking.k8s.io", ns, "app.kubernetes.io/instance=e2e-long"
+    )
+    assert sorted(p["metadata"]["name"] for p in policies) == [
+        "e2e-long-sweep-runner",
+        "e2e-long-sweep-scheduler",
+    ], policies
+    assert all(p["metadata"]["ownerReferences"][0]["kind"] == "Job" for p in policies), policies
     if kube_cluster.mode == "pods":
         st = sweep(env, "status", "e2e-long", "-n", ns, "--json", timeout=60)
         clusters = last_json(st.stdout)["dask_clusters"]

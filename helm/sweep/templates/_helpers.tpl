@@ -194,6 +194,16 @@ Args: dict "ctx" . "requested" <spec's value or nil>.
 {{- end }}
 {{- end }}
 
+{{/* "true" or "false": does this release's runner use the Dask operator (sweep.operator
+for dask.operator, else the spec's; with existingConfigMap, auto)? */}}
+{{- define "sweep.usesOperator" -}}
+{{- $requested := "auto" }}
+{{- if not .Values.existingConfigMap }}
+{{- $requested = (include "sweep.spec" . | fromYaml).cluster.kubernetes.operator }}
+{{- end }}
+{{- include "sweep.operator" (dict "ctx" . "requested" $requested) }}
+{{- end }}
+
 {{/*
 A Dask pod template: the default (files/<role>-pod.yaml) or values' podTemplate, with the
 values' overrides. Arg: dict "ctx" . "role" "worker"|"scheduler".
