@@ -571,7 +571,7 @@ def _checkov() -> str | None:
 @pytest.mark.timeout(300)
 def test_checkov_passes_on_the_rendered_chart(chart: Any, tmp_path: Path) -> None:
     """checkov (its own venv: make test installs it in .venv-tools) finds nothing beyond
-    the documented skips, for every value set."""
+    the documented skips, for every value set and for `sweep manifest` in each mode."""
     exe = _checkov()
     if exe is None:
         pytest.skip("checkov is not installed (make test installs it in .venv-tools/checkov)")
@@ -579,6 +579,16 @@ def test_checkov_passes_on_the_rendered_chart(chart: Any, tmp_path: Path) -> Non
         objs, _, _ = render(chart, VALUE_SETS[case])
         path = tmp_path / f"{case}.yaml"
         path.write_text(yaml.safe_dump_all(objs))
+    # and what `sweep manifest` prints, in each mode
+    spec = load_spec(ROOT / "examples" / "pi.yaml", output="s3://bucket/sweeps/pi")
+    for operator in (True, False, None):
+        objs = mf.build_manifests(
+            spec,
+            worker_template=cs.load_pod_template(None, "worker"),
+            scheduler_template=cs.load_pod_template(None, "scheduler"),
+            options=mf.ManifestOptions(namespace="sweeps", secret="s3", operator=operator),
+        )
+        (tmp_path / f"manifest-{operator}.yaml").write_text(yaml.safe_dump_all(objs))
     r = subprocess.run(
         [exe, "-d", str(tmp_path), "--framework", "kubernetes", "-o", "json", "--quiet",
          "--compact", "--skip-download", "--skip-check", ",".join(CHECKOV_ALLOWED)],
