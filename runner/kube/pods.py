@@ -87,8 +87,39 @@ def _metadata(
     return out
 
 
-def _idle_env(seconds: int) -> dict[str, str]:
-    return {"name": "DASK_DISTRIBUTED__SCHEDULER__IDLE_TIMEOUT", "value": f"{seconds}s"}
+IDLE_TIMEOUT_ENV = "DASK_DISTRIBUTED__SCHEDULER__IDLE_TIMEOUT"
+
+
+def _pod(
+    resource: Mapping[str, Any],
+    role: str,
+    name: str,
+    labels: Mapping[str, str],
+    env: Mapping[str, str],
+    containers: str = "dask",
+) -> dict[str, Any]:
+    """A Pod from the DaskCluster's ``role`` part: its spec (restarted on failure), its
+    metadata plus ``labels``, and ``env`` first in the Dask container (``containers="all"``:
+    in every container), so that later entries and the args can refer to it."""
+    cluster = resource["metadata"]["name"]
+    part = resource["spec"][role]
+    spec = copy.deepcopy(part["spec"])
+    spec["restartPolicy"] = "OnFailure"
+    targets = (
+        spec["containers"]
+        if containers == "all"
+        else [spec["containers"][cs.dask_container_index(spec, role)]]
+    )
+    for c in targets:
+        own = [e for e in c.get("env") or [] if e.get("name") not in env]
+        c["env"] = [{"name": k, "value": v} for k, v in env.items()] + own
+    extra = {CLUSTER_LABEL: cluster, COMPONENT_LABEL: role, **labels}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _metadata(resource, part, name, extra),
+        "spec": spec,
+    }
 
 
 def scheduler_pod(resource: Mapping[str, Any]) -> dict[str, Any]:
@@ -97,26 +128,10 @@ def scheduler_pod(resource: Mapping[str, Any]) -> dict[str, Any]:
     The DaskCluster's ``idleTimeout`` becomes the scheduler's own idle timeout (the
     operator enforces it in operator mode).
     """
-    cluster = resource["metadata"]["name"]
-    part = resource["spec"]["scheduler"]
-    spec = copy.deepcopy(part["spec"])
-    spec["restartPolicy"] = "OnFailure"
     idle = int(resource["spec"].get("idleTimeout") or 0)
-    if idle:
-        c = spec["containers"][cs.dask_container_index(spec, "scheduler")]
-        env = [e for e in c.get("env") or [] if e.get("name") != _idle_env(0)["name"]]
-        c["env"] = [*env, _idle_env(idle)]
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": _metadata(
-            resource,
-            part,
-            scheduler_name(cluster),
-            {CLUSTER_LABEL: cluster, COMPONENT_LABEL: "scheduler"},
-        ),
-        "spec": spec,
-    }
+    env = {IDLE_TIMEOUT_ENV: f"{idle}s"} if idle else {}
+    name = scheduler_name(resource["metadata"]["name"])
+    return _pod(resource, "scheduler", name, {}, env)
 
 
 def scheduler_service(resource: Mapping[str, Any]) -> dict[str, Any]:
@@ -139,36 +154,12 @@ def scheduler_service(resource: Mapping[str, Any]) -> dict[str, Any]:
 
 def worker_pod(resource: Mapping[str, Any], name: str, namespace: str) -> dict[str, Any]:
     """Worker pod ``name`` of a ``DaskCluster`` resource in ``namespace`` (pure)."""
-    cluster = resource["metadata"]["name"]
-    part = resource["spec"]["worker"]
-    spec = copy.deepcopy(part["spec"])
-    spec["restartPolicy"] = "OnFailure"
     env = {
         "DASK_WORKER_NAME": name,
-        "DASK_SCHEDULER_ADDRESS": scheduler_address(cluster, namespace),
+        "DASK_SCHEDULER_ADDRESS": scheduler_address(resource["metadata"]["name"], namespace),
     }
-    for c in spec["containers"]:
-        have = {e.get("name") for e in c.get("env") or []}
-        # first, so that $(DASK_WORKER_NAME) in the args and later entries expands
-        c["env"] = [{"name": k, "value": v} for k, v in env.items() if k not in have] + list(
-            c.get("env") or []
-        )
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": _metadata(
-            resource,
-            part,
-            name,
-            {
-                CLUSTER_LABEL: cluster,
-                COMPONENT_LABEL: "worker",
-                GROUP_LABEL: WORKER_GROUP,
-                "dask.org/worker-name": name,
-            },
-        ),
-        "spec": spec,
-    }
+    labels = {GROUP_LABEL: WORKER_GROUP, "dask.org/worker-name": name}
+    return _pod(resource, "worker", name, labels, env, containers="all")
 
 
 #: ``status.reason`` of a pod taken away by the cluster (kubelet eviction, node shutdown)
