@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .exceptions import SpecError
-from .store import ITEM, OUTPUT_COLUMNS, RESULT
+from .store import ITEM, OUTPUT_COLUMNS, RESULT, TIMEOUT_TEXT
 
 MAX_ERROR_CHARS = 2000
 SEED_NAMES = ("seed", "rng")
@@ -202,7 +202,7 @@ class Command:
         except PermissionError:
             raise ItemError(f"command not executable: {argv[0]!r} (chmod +x it)") from None
         except subprocess.TimeoutExpired:
-            raise ItemError(f"command timed out after {self.timeout}s") from None
+            raise ItemError(f"command {TIMEOUT_TEXT} {self.timeout}s") from None
         if proc.returncode != 0:
             tail = proc.stderr.decode(errors="replace").strip()[-800:]
             raise ItemError(f"command exited with code {proc.returncode}: {tail}")

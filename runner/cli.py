@@ -410,89 +410,128 @@ def plan(
             _print(f"    … {info['todo_count'] - 10:,} more")
 
 
+StorageOpt = Annotated[
+    list[str] | None, typer.Option("--storage-option", "-s", help="key=value for fsspec.")
+]
+
+
+def _storage_options(pairs: list[str] | None) -> dict[str, str]:
+    opts = {}
+    for kv in pairs or []:
+        k, sep, v = kv.partition("=")
+        if not sep:
+            raise _fail(SpecError(f"--storage-option {kv!r}: use key=value"))
+        opts[k] = v
+    return opts
+
+
 @app.command()
 def results(
     url: Annotated[str, typer.Argument(help="The sweep's output URL.", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     csv: Annotated[
-        Path | None, typer.Option(help="Export the results table to this CSV file.")
+        Path | None, typer.Option(help="Export the results table to this CSV file (streamed).")
     ] = None,
     plot: Annotated[
-        Path | None, typer.Option(help="Plot the result column(s) to this PNG file.")
+        Path | None,
+        typer.Option(help="Draw what the parameters do and where it fails to this PNG/SVG file."),
     ] = None,
     where: Annotated[
-        str | None, typer.Option(help="Filter rows for --csv/--plot, e.g. 'result > 2'.")
+        str | None,
+        typer.Option(
+            help="Only rows matching this SQL filter, e.g. \"b > 0.9 AND status = 'ok'\""
+            " (the analysis, --csv and --plot; the counts stay the whole output's)."
+        ),
     ] = None,
-    storage_option: Annotated[
-        list[str] | None, typer.Option("--storage-option", "-s", help="key=value for fsspec.")
+    top: Annotated[int | None, typer.Option(help="Show the N items with the highest --by.")] = None,
+    bottom: Annotated[
+        int | None, typer.Option(help="Show the N items with the lowest --by.")
     ] = None,
+    by: Annotated[
+        str | None, typer.Option(help="Column for --top/--bottom (default: the first result).")
+    ] = None,
+    bins: Annotated[int, typer.Option(help="Bins per numeric parameter.")] = 10,
+    storage_option: StorageOpt = None,
 ) -> None:
-    """Summarise a sweep's output (also mid-sweep), export CSV, plot the results."""
-    from .results import load_results, plot_results, summarise
+    """Summarise a sweep's output (also mid-sweep): what the parameters do, where it fails,
+    top and bottom items, time; export CSV, plot. Out of core: any size."""
+    from .render import print_summary, write_plot
+    from .results import SweepOutput
 
-    opts = {}
-    for kv in storage_option or []:
-        k, sep, v = kv.partition("=")
-        if not sep:
-            raise _fail(SpecError(f"--storage-option {kv!r}: use key=value"))
-        opts[k] = v
+    opts = _storage_options(storage_option)
     try:
-        summary = summarise(url, opts)
-        df = None
-        if csv or plot:
-            df = load_results(url, opts)
-            if where:
-                try:
-                    df = df.query(where)
-                except Exception as e:
-                    raise SpecError(f"--where {where!r}: {type(e).__name__}: {e}") from e
-        if csv and df is not None:
-            try:
-                df.to_csv(csv, index=False)
-            except OSError as e:
-                raise SpecError(f"--csv {csv}: cannot write ({e.strerror})") from e
-        if plot and df is not None:
-            plot_results(df, str(plot), title=summary.get("name"))
+        output = SweepOutput(url, opts)
+        summary = output.analyse(bins=bins, top=top, bottom=bottom, by=by, where=where)
+        rows = None
+        if csv:
+            rows = _export_csv(output, csv, where)
+        if plot:
+            write_plot(summary, str(plot))
     except SweepError as e:
         raise _fail(e) from e
     if as_json:
         _print_json(summary, default=str)
     else:
-        _print_results(summary)
+        print_summary(summary, _print)
         if csv:
-            _print(f"  wrote {csv} ({len(df):,} rows)")
+            _print(f"  wrote {csv} ({rows:,} rows)")
         if plot:
             _print(f"  wrote {plot}")
 
 
-def _print_results(s: dict[str, Any]) -> None:
-    from rich.table import Table
+def _export_csv(output: Any, path: Path, where: str | None) -> int:
+    """Stream the (filtered) table, by item, into a CSV file; nothing half-written stays."""
+    rel = output.relation(where=where).order("item")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        rel.write_csv(str(tmp), header=True)
+        count = output.relation(where=where).count("*").fetchall()[0][0]
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise SpecError(f"--csv {path}: cannot write ({e.strerror})") from e
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        raise SpecError(f"--csv {path}: cannot write: {str(e).splitlines()[0]}") from e
+    return int(count)
 
-    _print(f"[bold]{s['name'] or s['output']}[/]: {s['state']}")
-    total = f"{s['items']:,}" if s["items"] is not None else "?"
-    pct = f" ({s['percent_done']}%)" if s["percent_done"] is not None else ""
-    _print(
-        f"  items      {s['items_done']:,}/{total} done{pct}, ok {s['ok']:,}, failed {s['errors']:,}"
-    )
-    parts = f"{s['partitions']:,}" if s["partitions"] else "?"
-    _print(f"  partitions {s['partitions_done']:,}/{parts}")
-    if not s["complete"] and s["state"] not in ("succeeded",):
-        _print(
-            "  [yellow]incomplete[/]: rerun the same `sweep run` to finish (resume computes only what is missing)"
-        )
-    for e in s["top_errors"]:
-        _print(f"  [red]{e['count']:,}x[/] {e['error'][:200]}")
-    if s["describe"]:
-        t = Table(show_edge=False, pad_edge=False)
-        stats = ["count", "mean", "std", "min", "25%", "50%", "75%", "max"]
-        t.add_column("result", no_wrap=True)
-        for st in stats:
-            t.add_column(st, justify="right", no_wrap=True)
-        for col, d in s["describe"].items():
-            t.add_row(
-                col, *[f"{d.get(st):.5g}" if isinstance(d.get(st), float) else "-" for st in stats]
+
+@app.command()
+def report(
+    url: Annotated[str, typer.Argument(help="The sweep's output URL.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.")] = Path(
+        "report.html"
+    ),
+    bins: Annotated[int, typer.Option(help="Bins per numeric parameter.")] = 10,
+    top: Annotated[int, typer.Option(help="Top and bottom items to list.")] = 10,
+    storage_option: StorageOpt = None,
+) -> None:
+    """Write one self-contained HTML report of a sweep (running, interrupted or done)."""
+    from .render import report_html
+    from .results import SweepOutput
+    from .secrets import redact
+
+    opts = _storage_options(storage_option)
+    try:
+        out_ = SweepOutput(url, opts)
+        summary = out_.analyse(bins=bins, top=top, bottom=top)
+        page = report_html(summary, spec=out_.manifest.get("spec"), redact=redact)
+    except SweepError as e:
+        raise _fail(e) from e
+    except ImportError as e:
+        raise _fail(
+            SpecError(
+                f"the report draws figures with matplotlib ({e}); pip install 'sweep-runner[plot]'"
             )
-        _print(t)
+        ) from e
+    tmp = output.with_name(f".{output.name}.tmp")
+    try:
+        tmp.write_text(redact_url(page))
+        tmp.replace(output)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _fail(SpecError(f"--output {output}: cannot write ({e.strerror})")) from e
+    _print(f"wrote {output} ({summary['items_done']:,} items, state {summary['state']})")
 
 
 def _register_extensions() -> None:

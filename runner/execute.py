@@ -149,7 +149,9 @@ class PartitionReport:
 
     def counts(self) -> PartitionCounts:
         """What the partition's footer says, without reading it back."""
-        return PartitionCounts(self.index, self.start, self.stop, self.ok, self.errors)
+        return PartitionCounts(
+            self.index, self.start, self.stop, self.ok, self.errors, round(self.compute_s, 4)
+        )
 
 
 def run_partition(
@@ -208,6 +210,7 @@ def run_partition(
         "ok": n - errors,
         "errors": errors,
         "spec_hash": ctx.spec_hash,
+        "compute_s": round(t1 - t0, 4),
     }
     nbytes = ctx.store.write_partition(desc.index, table, meta)
     t2 = time.perf_counter()

@@ -53,6 +53,7 @@ from .calls import (
     values_of,
 )
 from .exceptions import InfrastructureError, Interrupted
+from .store import DIED_TEXT, TIMEOUT_TEXT
 
 SLOT = struct.Struct(
     "qdqq"
@@ -367,7 +368,7 @@ class IsolatedRun:
                 child.kill()
                 self._drain(child, start)
                 _drop_child()
-                return Death(start + k, f"timed out after {self.timeout:g}s", ran)
+                return Death(start + k, f"{TIMEOUT_TEXT} {self.timeout:g}s", ran)
             if self.memory_limit and _rss(child.proc.pid) > self.memory_limit:
                 child.kill()
                 self._drain(child, start)
@@ -375,7 +376,7 @@ class IsolatedRun:
                 limit = _size(self.memory_limit)
                 return Death(
                     start + k,
-                    f"worker process died (killed: over the memory limit of {limit}) while"
+                    f"{DIED_TEXT} (killed: over the memory limit of {limit}) while"
                     " running this item",
                     ran,
                     rows,
@@ -431,7 +432,7 @@ class IsolatedRun:
         culprit = start + k if state == RUNNING and start + k >= self.received else None
         return Death(
             culprit,
-            f"worker process died ({describe_exit(code)}) while running this item",
+            f"{DIED_TEXT} ({describe_exit(code)}) while running this item",
             time.monotonic() - began,
             rows,
         )

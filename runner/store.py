@@ -58,6 +58,9 @@ OUTPUT_COLUMNS = (ITEM, *STATUS_COLUMNS)  # written by the runner into every par
 RESERVED_NAMES = (*OUTPUT_COLUMNS, RESULT)  # no parameter may be named like these
 ITEM_OK = "ok"
 ITEM_ERROR = "error"
+#: how an item's ``error`` says it ran out of time, and that it killed its worker process
+TIMEOUT_TEXT = "timed out after"
+DIED_TEXT = "worker process died"
 
 
 def reserved_clash(names: Iterable[str]) -> list[str]:
@@ -272,10 +275,28 @@ class PartitionCounts:
     stop: int
     ok: int
     errors: int
+    #: seconds the partition took to compute (parameters, items, table); older outputs: None
+    compute_s: float | None = None
 
     @property
     def items(self) -> int:
         return self.stop - self.start
+
+
+def counts_of(index: int, footer: pa.Schema) -> PartitionCounts:
+    """What a partition's footer (its schema metadata) says about it."""
+    m = json.loads((footer.metadata or {}).get(META_KEY, b"{}"))
+    try:
+        start, stop, ok, errors = (int(m[k]) for k in ("start", "stop", "ok", "errors"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise StorageError(
+            f"{part_name(index)} was not written by sweep runner (its footer has no sweep"
+            " metadata); keep only sweep outputs under the output URL"
+        ) from e
+    compute_s = m.get("compute_s")
+    return PartitionCounts(
+        index, start, stop, ok, errors, float(compute_s) if compute_s is not None else None
+    )
 
 
 class Store:
@@ -488,27 +509,27 @@ class Store:
 
         return self._call(path.rsplit("/", 1)[-1], "reading it", read)
 
-    def partition_counts(
+    def read_footers(
         self, indices: Iterable[int] | None = None, listed: Mapping[int, str] | None = None
-    ) -> list[PartitionCounts]:
-        """Read the footers (not the data) of finished partitions, in parallel.
+    ) -> dict[int, pa.Schema]:
+        """The footers (Arrow schema and metadata, no data) of finished partitions, in parallel.
 
         ``listed`` is :meth:`list_partitions`' answer when the caller has it already.
         """
         done = self.list_partitions() if listed is None else listed
         wanted = sorted(done if indices is None else set(indices) & set(done))
-
-        def one(i: int) -> PartitionCounts:
-            md = self.read_footer(done[i]).metadata or {}
-            m = json.loads(md.get(META_KEY, b"{}"))
-            return PartitionCounts(
-                i, int(m["start"]), int(m["stop"]), int(m["ok"]), int(m["errors"])
+        if not wanted:
+            return {}
+        with ThreadPoolExecutor(max_workers=min(16, len(wanted))) as pool:
+            return dict(
+                zip(wanted, pool.map(lambda i: self.read_footer(done[i]), wanted), strict=True)
             )
 
-        if not wanted:
-            return []
-        with ThreadPoolExecutor(max_workers=min(16, len(wanted))) as pool:
-            return list(pool.map(one, wanted))
+    def partition_counts(
+        self, indices: Iterable[int] | None = None, listed: Mapping[int, str] | None = None
+    ) -> list[PartitionCounts]:
+        """What the footers of finished partitions say (see :meth:`read_footers`)."""
+        return [counts_of(i, schema) for i, schema in self.read_footers(indices, listed).items()]
 
     def remove_root_if_empty(self) -> None:
         """Remove the output folder if it holds nothing (local outputs; object stores have none)."""

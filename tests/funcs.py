@@ -170,3 +170,10 @@ def fail_low(a, b):
     if a < 20:
         raise ValueError("low a")
     return float(a) + 0.5
+
+
+def response(a, b, kind):
+    """``y`` driven by ``a`` (b a little), ``z`` by ``kind``; fails where ``b > 0.9``."""
+    if b > 0.9:
+        raise ValueError(f"unstable for b={b:.3f}")
+    return {"y": 10.0 * a + b, "z": (5.0 if kind == "x" else 0.0) + 0.1 * a}
