@@ -52,9 +52,16 @@ $(CHECKOV):
 	$(PYTHON) -m venv .venv-tools/checkov
 	.venv-tools/checkov/bin/pip install -q "checkov==3.3.30"
 
-test: $(TESTSTAMP) $(CHECKOV)
+# the HTML report's test opens it in a real headless browser: Debian's chromium
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+$(CHROMIUM):
+	$(SUDO) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium
+
+test: $(TESTSTAMP) $(CHECKOV) $(CHROMIUM)
 	$(BIN)/ruff check runner tests examples bench
-	$(BIN)/python -m pytest -q
+	SWEEP_TEST_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q
 
 test-fast: $(TESTSTAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not kube"

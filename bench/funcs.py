@@ -74,3 +74,11 @@ FAMILIES: dict[str, dict[str, Callable[..., Any]]] = {
     "sleep": {"kwargs": sleep_item, "row": sleep_item_row, "batch": sleep_item_batch},
     "vector": {"kwargs": vector_work, "row": vector_work_row, "batch": vector_work_batch},
 }
+
+
+def response_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """W7's function (results at scale): ``y`` driven by ``a`` (and a little ``b``), ``z`` by
+    ``kind``, two result columns for the summary to explain."""
+    a, b = np.asarray(batch["a"]), np.asarray(batch["b"])
+    kind = np.asarray(batch["kind"])
+    return {"y": 10.0 * a + b, "z": np.where(kind == "x", 5.0, 0.0) + 0.1 * a}

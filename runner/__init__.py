@@ -30,8 +30,10 @@ from .exceptions import (
 # its defaults on first use), so `import runner` stays a few milliseconds.
 _LAZY = {
     "sweep": "api",
-    "load_results": "api",
-    "summarise": "api",
+    "load_results": "results",
+    "open_results": "results",
+    "summarise": "results",
+    "SweepOutput": "results",
     "SweepSpec": "spec",
     "load_spec": "spec",
 }
@@ -73,10 +75,12 @@ __all__ = [
     "StorageError",
     "StorageUnreachable",
     "SweepError",
+    "SweepOutput",
     "SweepSpec",
     "__version__",
     "load_results",
     "load_spec",
+    "open_results",
     "summarise",
     "sweep",
 ]

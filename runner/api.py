@@ -10,7 +10,6 @@ from typing import Any
 
 from .exceptions import SpecError
 from .execute import SweepReport, run_sweep
-from .results import load_results, summarise
 from .spec import build_spec
 from .store import PARAMS_DIR, Store
 
@@ -117,4 +116,4 @@ def _write_params_frame(df: Any, output: str, storage_options: dict[str, Any]) -
     return store.child_url(name)
 
 
-__all__ = ["load_results", "summarise", "sweep"]
+__all__ = ["sweep"]

@@ -209,15 +209,20 @@ def figures(s: dict[str, Any], max_params: int = 4) -> dict[str, Any]:
                 if e["binning"] == "range"
                 else list(range(len(bins)))
             )
-            ax.fill_between(
-                x,
-                [b["p10"] if b["p10"] is not None else b["mean"] for b in bins],
-                [b["p90"] if b["p90"] is not None else b["mean"] for b in bins],
-                alpha=0.25,
-                label="p10-p90",
-            )
-            ax.plot(x, [b["mean"] for b in bins], marker="o", ms=3, label="mean")
-            if e["binning"] != "range":
+            means = [b["mean"] for b in bins]
+            low = [b["p10"] if b["p10"] is not None else b["mean"] for b in bins]
+            high = [b["p90"] if b["p90"] is not None else b["mean"] for b in bins]
+            if e["binning"] == "range":
+                ax.fill_between(x, low, high, alpha=0.25, label="p10-p90")
+                ax.plot(x, means, marker="o", ms=3, label="mean")
+            else:  # categories: no line between them
+                ax.errorbar(
+                    x,
+                    means,
+                    yerr=[[m - lo for m, lo in zip(means, low, strict=True)],
+                          [hi - m for m, hi in zip(means, high, strict=True)]],
+                    fmt="o", ms=4, capsize=4, label="mean, p10-p90",
+                )  # fmt: skip
                 ax.set_xticks(x, labels, rotation=30 if len(labels) > 4 else 0)
             ax.set_xlabel(param)
             ax.set_title(f"{param}: {e['sensitivity']:.0%} of Var({y})", fontsize=9)

@@ -41,7 +41,8 @@ from .store import (
 
 #: the scans' memory limit (DuckDB spills beyond it where it can)
 MEMORY_LIMIT = "512MB"
-#: quartiles are exact up to this many values, t-digest estimates beyond (bounded memory)
+#: quantiles are exact up to this many items, estimated from a reservoir sample beyond
+#: (DuckDB reservoir_quantile: 8,192 values per group; bounded memory)
 EXACT_QUANTILES = 2_000_000
 #: numbers in an error message (replaced by ``#`` to group messages into kinds)
 NUMBER_RE = r"[-+]?\d+(\.\d+)?([eE][-+]?\d+)?"
@@ -325,6 +326,14 @@ class Analysis:
                 summary["bottom"] = self.extremes(by, bottom, descending=False)
         return summary
 
+    @property
+    def exact(self) -> bool:
+        """Exact quantiles (deterministic) up to :data:`EXACT_QUANTILES` items, then sampled."""
+        return sum(c.items for c in self.out.counts) <= EXACT_QUANTILES
+
+    def _quantiles(self, col: str, qs: str) -> str:
+        return f"quantile_cont({col}, {qs})" if self.exact else f"reservoir_quantile({col}, {qs})"
+
     # ------------------------------------------------------------------ scans
 
     def counts(self) -> dict[str, Any]:
@@ -359,43 +368,46 @@ class Analysis:
             "describe": {},
         }
 
+    def _usable(self, name: str, only_ok: bool = True) -> str:
+        """SQL: ``name``'s value where it counts (an ok item, not NaN), else NULL."""
+        cond = self.out._valid(name) + (f" AND status = {_lit(ITEM_OK)}" if only_ok else "")
+        return f"CASE WHEN {cond} THEN {_q(name)} END"
+
     def scan_totals(self) -> None:
         """One pass: each result's describe() and sums, each parameter's range and levels."""
         out = self.out
-        ok = f"status = {_lit(ITEM_OK)}"
-        exact = sum(c.ok for c in out.counts) <= EXACT_QUANTILES
+        exact = self.exact
         aggs: list[str] = []
         described = [*self.numeric_results, "duration_s"]
         described = [c for c in dict.fromkeys(described) if c in out.schema.names]
-        for y in described:
-            v, col = out._valid(y), _q(y)
-            quart = (
-                f"quantile_cont({col}, [0.25, 0.5, 0.75])"
-                if exact
-                else f"approx_quantile({col}, [0.25, 0.5, 0.75])"
-            )
+        select = [
+            f"{self._usable(y, only_ok=y in self.numeric_results)} AS __v{i}"
+            for i, y in enumerate(described)
+        ]
+        for i in range(len(described)):
+            v = f"__v{i}"
             aggs += [
-                f"count({col}) FILTER (WHERE {v})",
-                f"avg({col}) FILTER (WHERE {v})",
-                f"stddev_samp({col}) FILTER (WHERE {v})",
-                f"min({col}) FILTER (WHERE {v})",
-                f"{quart} FILTER (WHERE {v})",
-                f"max({col}) FILTER (WHERE {v})",
-                f"var_pop({col}) FILTER (WHERE {v} AND {ok})",
-                f"count({col}) FILTER (WHERE {v} AND {ok})",
-            ]
+                f"count({v})", f"avg({v})", f"stddev_samp({v})", f"min({v})",
+                self._quantiles(v, "[0.25, 0.5, 0.75]"), f"max({v})", f"var_pop({v})",
+            ]  # fmt: skip
         for p in out.params:
             col = _q(p)
-            aggs.append(f"approx_count_distinct({col})")
+            select.append(col)
             if out.numeric(p):
                 aggs += [f"min({col})", f"max({col})"]
-        row = out._one(f"SELECT count(*), {', '.join(aggs) or '0'} FROM {self.source}")
+            if not pa.types.is_floating(out.schema.field(p).type):  # floats: always ranges
+                aggs.append(f"approx_count_distinct({col})")
+        row = out._one(
+            f"SELECT count(*), {', '.join(aggs) or '0'}"
+            f" FROM (SELECT {', '.join(select) or '1'} FROM {self.source})"
+        )
         self.totals["rows"] = row[0]
         values = iter(row[1:])
         describe: dict[str, Any] = {}
         moments: dict[str, tuple[float, int]] = {}
         for y in described:
-            count, mean, std, low, quarts, high, var, n_ok = (next(values) for _ in range(8))
+            count, mean, std, low, quarts, high, var = (next(values) for _ in range(7))
+            n_ok = count
             q25, q50, q75 = quarts if quarts else (None, None, None)
             stats = {
                 "count": count, "mean": mean, "std": std, "min": low,
@@ -406,16 +418,17 @@ class Analysis:
         self.totals["describe"] = {y: describe[y] for y in self.numeric_results}
         self.totals["duration_s"] = describe.get("duration_s")
         self.totals["moments"] = moments
-        self.totals["quantiles"] = "exact" if exact else "approximate (t-digest)"
+        self.totals["quantiles"] = "exact" if exact else "approximate (reservoir sample)"
         for p in out.params:
-            levels = int(next(values) or 0)
             lo = hi = None
             if out.numeric(p):
                 lo, hi = next(values), next(values)
+            floating = pa.types.is_floating(out.schema.field(p).type)
+            levels = math.inf if floating else int(next(values) or 0)
             integer = pa.types.is_integer(out.schema.field(p).type)
             if not out.numeric(p) or (integer and levels <= max(self.bins, MAX_LEVELS)):
                 if levels > MAX_LEVELS:
-                    self.left_out[p] = f"{levels:,} distinct values (more than {MAX_LEVELS})"
+                    self.left_out[p] = f"about {levels:,} distinct values (more than {MAX_LEVELS})"
                     continue
                 self.binnings.append(Binning(p, "value"))
             else:
@@ -429,18 +442,14 @@ class Analysis:
         out = self.out
         if not self.binnings:
             return {}, {}
-        ok = f"status = {_lit(ITEM_OK)}"
         keys = [f"__bin{i}" for i in range(len(self.binnings))]  # no parameter is named so
         select = [f"{b.expr()} AS {k}" for b, k in zip(self.binnings, keys, strict=True)]
-        select += ["status"] + [_q(y) for y in self.numeric_results]
-        aggs = ["count(*)", f"count(*) FILTER (WHERE status = {_lit(ITEM_ERROR)})"]
-        for y in self.numeric_results:
-            v = f"{out._valid(y)} AND {ok}"
-            aggs += [
-                f"count({_q(y)}) FILTER (WHERE {v})",
-                f"avg({_q(y)}) FILTER (WHERE {v})",
-                f"approx_quantile({_q(y)}, [0.1, 0.9]) FILTER (WHERE {v})",
-            ]
+        select.append(f"status = {_lit(ITEM_ERROR)} AS __failed")
+        select += [f"{self._usable(y)} AS __v{j}" for j, y in enumerate(self.numeric_results)]
+        aggs = ["count(*)", "count_if(__failed)"]
+        for j in range(len(self.numeric_results)):
+            v = f"__v{j}"
+            aggs += [f"count({v})", f"avg({v})", self._quantiles(v, "[0.1, 0.9]")]
         grouping = ", ".join(f"({k})" for k in keys)
         rows = out._all(
             f"SELECT {', '.join(f'GROUPING({k})' for k in keys)}, {', '.join(keys)},"
@@ -493,25 +502,46 @@ class Analysis:
         return effects, failures
 
     def heatmaps(self, sensitivity: dict[str, dict[str, float]]) -> dict[str, Any]:
-        """Per result, its mean over the bins of its two most influential parameters."""
-        out = self.out
-        by_name = {b.name: b for b in self.binnings}
-        maps: dict[str, Any] = {}
+        """Per result, its mean over the bins of its two most influential parameters (one
+        pass for every result: a grouping set per pair of parameters)."""
+        index = {b.name: i for i, b in enumerate(self.binnings)}
+        pairs: dict[str, tuple[int, int]] = {}
         for y, shares in sensitivity.items():
-            ranked = [p for p in shares if p in by_name]
-            if len(ranked) < 2:
+            ranked = [index[p] for p in shares if p in index]
+            if len(ranked) >= 2:
+                pairs[y] = (ranked[0], ranked[1])
+        if not pairs:
+            return {}
+        used = sorted({i for pair in pairs.values() for i in pair})
+        select = [f"{self.binnings[i].expr()} AS __bin{i}" for i in used]
+        select += [f"{self._usable(y)} AS __v{j}" for j, y in enumerate(self.numeric_results)]
+        sets = ", ".join(f"(__bin{i}, __bin{j})" for i, j in dict.fromkeys(pairs.values()))
+        flags = ", ".join(f"GROUPING(__bin{i})" for i in used)
+        keys = ", ".join(f"__bin{i}" for i in used)
+        means = ", ".join(f"avg(__v{j})" for j in range(len(self.numeric_results)))
+        rows = self.out._all(
+            f"SELECT {flags}, {keys}, {means} FROM (SELECT {', '.join(select)} FROM"
+            f" {self.source}) GROUP BY GROUPING SETS ({sets})"
+        )
+        n = len(used)
+        pos = {i: k for k, i in enumerate(used)}
+        maps: dict[str, Any] = {}
+        for j, y in enumerate(self.numeric_results):
+            if y not in pairs:
                 continue
-            bx, by_ = by_name[ranked[0]], by_name[ranked[1]]
-            v = f"{out._valid(y)} AND status = {_lit(ITEM_OK)}"
-            rows = out._all(
-                f"SELECT {bx.expr()} AS __hx, {by_.expr()} AS __hy, avg({_q(y)}), count(*)"
-                f" FROM {self.source} WHERE {v} GROUP BY __hx, __hy"
-            )
-            xs = sorted({r[0] for r in rows}, key=_sort_key)
-            ys = sorted({r[1] for r in rows}, key=_sort_key)
+            ix, iy = pairs[y]
+            cells = [
+                (r[n + pos[ix]], r[n + pos[iy]], r[2 * n + j])
+                for r in rows
+                if [k for k in range(n) if r[k] == 0] == sorted((pos[ix], pos[iy]))
+            ]
+            cells = [c for c in cells if c[2] is not None]
+            bx, by_ = self.binnings[ix], self.binnings[iy]
+            xs = sorted({c[0] for c in cells}, key=_sort_key)
+            ys = sorted({c[1] for c in cells}, key=_sort_key)
             grid: list[list[float | None]] = [[None] * len(xs) for _ in ys]
             xi, yi = {k: i for i, k in enumerate(xs)}, {k: i for i, k in enumerate(ys)}
-            for x, yv, avg, _ in rows:
+            for x, yv, avg in cells:
                 grid[yi[yv]][xi[x]] = _num(avg)
             maps[y] = {
                 "x": bx.name,

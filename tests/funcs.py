@@ -177,3 +177,14 @@ def response(a, b, kind):
     if b > 0.9:
         raise ValueError(f"unstable for b={b:.3f}")
     return {"y": 10.0 * a + b, "z": (5.0 if kind == "x" else 0.0) + 0.1 * a}
+
+
+def hang_or_crash(a, b):
+    """Never returns for a == 5; kills its own process for a == 7."""
+    import time
+
+    if a == 5:
+        time.sleep(3600)
+    if a == 7:
+        os._exit(1)
+    return a + b
