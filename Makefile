@@ -11,7 +11,7 @@ BENCHSTAMP := $(VENV)/.installed-bench
 help:
 	@echo "make demo   - install and run examples/montecarlo.yaml on a local Dask cluster"
 	@echo "make test   - install test extras and run the whole suite (what CI runs)"
-	@echo "make bench  - every contender side by side on workloads W1-W6 (bench/README.md; ~10 min)"
+	@echo "make bench  - every contender side by side on workloads W1-W7 (bench/README.md; ~15 min)"
 	@echo "make bench-quick - the same at small N, about a minute"
 	@echo "make image  - build the runner image with docker or podman (PYTHON_IMAGE=... for another base)"
 	@echo "make image-test - build it and run it as the pods do (podman; part of make test when installed)"
@@ -45,6 +45,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/sweep run examples/montecarlo.yaml
 	$(BIN)/sweep results demo-output/montecarlo --plot demo-output/montecarlo.png
+	$(BIN)/sweep report demo-output/montecarlo -o demo-output/montecarlo.html
 
 # checkov (tests/test_chart.py) pins botocore and packaging below what s3fs needs: its own venv
 CHECKOV := .venv-tools/checkov/bin/checkov
@@ -76,9 +77,11 @@ format: $(TESTSTAMP)
 
 bench: $(BENCHSTAMP)
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.results_scale
 
 bench-quick: $(BENCHSTAMP)
 	$(BIN)/python -m bench --quick
+	$(BIN)/python -m bench.results_scale --items 1e6 --repeat 1 --results /tmp/results_scale.json
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 

@@ -172,13 +172,6 @@ def fail_low(a, b):
     return float(a) + 0.5
 
 
-def response(a, b, kind):
-    """``y`` driven by ``a`` (b a little), ``z`` by ``kind``; fails where ``b > 0.9``."""
-    if b > 0.9:
-        raise ValueError(f"unstable for b={b:.3f}")
-    return {"y": 10.0 * a + b, "z": (5.0 if kind == "x" else 0.0) + 0.1 * a}
-
-
 def hang_or_crash(a, b):
     """Never returns for a == 5; kills its own process for a == 7."""
     import time

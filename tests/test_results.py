@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(120)
 N = 3000
 SPEC = {
     "name": "analysis",
-    "function": "tests.funcs:response",
+    "function": "examples.montecarlo:response",
     "params": {
         "random": {
             "n": N,
@@ -45,7 +45,7 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def output(dask_cluster, tmp_path_factory) -> Path:
-    """One finished sweep of :func:`tests.funcs.response`: ``y`` follows ``a``, ``z``
+    """One finished sweep of :func:`examples.montecarlo.response`: ``y`` follows ``a``, ``z``
     follows ``kind``, items with ``b > 0.9`` fail."""
     from distributed import Client
 
