@@ -464,7 +464,7 @@ def results(
         summary = output.analyse(bins=bins, top=top, bottom=bottom, by=by, where=where)
         rows = None
         if csv:
-            rows = _export_csv(output, csv, where)
+            rows = output.export_csv(csv, where)
         if plot:
             write_plot(summary, str(plot))
     except SweepError as e:
@@ -477,23 +477,6 @@ def results(
             _print(f"  wrote {csv} ({rows:,} rows)")
         if plot:
             _print(f"  wrote {plot}")
-
-
-def _export_csv(output: Any, path: Path, where: str | None) -> int:
-    """Stream the (filtered) table, by item, into a CSV file; nothing half-written stays."""
-    rel = output.relation(where=where).order("item")
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        rel.write_csv(str(tmp), header=True)
-        count = output.relation(where=where).count("*").fetchall()[0][0]
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise SpecError(f"--csv {path}: cannot write ({e.strerror})") from e
-    except Exception as e:
-        tmp.unlink(missing_ok=True)
-        raise SpecError(f"--csv {path}: cannot write: {str(e).splitlines()[0]}") from e
-    return int(count)
 
 
 @app.command()

@@ -20,6 +20,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -247,6 +248,28 @@ class SweepOutput:
             except duckdb.Error as e:
                 raise SpecError(f"--where {where!r}: {str(e).splitlines()[0]}") from e
         return rel
+
+    def export_csv(self, path: Path, where: str | None = None) -> int:
+        """Stream the rows (``where`` only), by item, into a CSV file; return how many.
+
+        Written to a temporary name and renamed: nothing half-written stays.
+        """
+        self.relation(where=where)  # checks the filter before any file exists
+        tmp = path.with_name(f".{path.name}.tmp")
+        query = "SELECT * FROM results" + (f" WHERE {where}" if where else "") + " ORDER BY item"
+        try:
+            # COPY streams the rows and answers how many it wrote
+            ((count,),) = self.con.execute(
+                f"COPY ({query}) TO {_lit(str(tmp))} (HEADER)"
+            ).fetchall()
+            tmp.replace(path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise SpecError(f"--csv {path}: cannot write ({e.strerror})") from e
+        except Exception as e:
+            tmp.unlink(missing_ok=True)
+            raise SpecError(f"--csv {path}: cannot write: {str(e).splitlines()[0]}") from e
+        return int(count)
 
     def _one(self, sql: str) -> tuple[Any, ...]:
         return self._all(sql)[0]
@@ -590,16 +613,22 @@ class Analysis:
         out: dict[str, Any] = {}
         if not sum(c.errors for c in self.out.counts):
             return {k: {"count": 0, "items": []} for k in kinds}
-        for kind, text in kinds.items():
-            cond = f"status = {_lit(ITEM_ERROR)} AND contains(error, {_lit(text)})"
-            (count,) = self.out._one(f"SELECT count(*) FROM {self.source} WHERE {cond}")
-            rows = self.out._all(
-                f"SELECT item FROM {self.source} WHERE {cond} ORDER BY item LIMIT {limit}"
-            )
-            params = self._params_of([r[0] for r in rows])
+        aggs = []
+        for text in kinds.values():
+            cond = f"contains(error, {_lit(text)})"
+            aggs += [
+                f"count(*) FILTER (WHERE {cond})",
+                f"min(item, {int(limit)}) FILTER (WHERE {cond})",
+            ]
+        row = self.out._one(  # one pass for both kinds: counts and the first items
+            f"SELECT {', '.join(aggs)} FROM {self.source} WHERE status = {_lit(ITEM_ERROR)}"
+        )
+        firsts = [sorted(row[2 * k + 1] or []) for k in range(len(kinds))]
+        params = self._params_of([i for items in firsts for i in items])
+        for k, kind in enumerate(kinds):
             out[kind] = {
-                "count": int(count),
-                "items": [{"item": int(r[0]), "params": params.get(r[0])} for r in rows],
+                "count": int(row[2 * k]),
+                "items": [{"item": int(i), "params": params.get(i)} for i in firsts[k]],
             }
         return out
 
