@@ -158,11 +158,17 @@ def check_call(fn: Any, call: str, param_names: Sequence[str], ref: str) -> None
 def format_exception(e: BaseException) -> str:
     """``Type: message (at file:line in func)`` — the user's frame, not ours."""
     msg = f"{type(e).__name__}: {e}"
-    tb = traceback.extract_tb(e.__traceback__)
-    user = [f for f in tb if os.path.basename(f.filename) != "calls.py"]
+    user = [
+        (frame, line)
+        for frame, line in traceback.walk_tb(e.__traceback__)
+        if os.path.basename(frame.f_code.co_filename) != "calls.py"
+    ]
     if user:
-        f = user[-1]
-        msg += f" (at {os.path.basename(f.filename)}:{f.lineno} in {f.name})"
+        frame, line = user[-1]
+        name = frame.f_code.co_filename
+        if name.startswith("<"):  # e.g. cloudpickle's <dynamic-code>: it keeps __file__
+            name = frame.f_globals.get("__file__") or name
+        msg += f" (at {os.path.basename(name)}:{line} in {frame.f_code.co_name})"
     return msg[:MAX_ERROR_CHARS]
 
 

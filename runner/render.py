@@ -20,7 +20,9 @@ STATS = ("count", "mean", "std", "min", "25%", "50%", "75%", "max")
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
-        return f"{v:.4g}"
+        if v.is_integer() and abs(v) < 1e15:
+            return f"{int(v):,}"
+        return f"{v:.4g}" if 1e-3 <= abs(v) < 1e6 else f"{v:.3g}"
     if v is None:
         return "-"
     return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
@@ -105,8 +107,8 @@ def blocks(s: dict[str, Any]) -> list[Block]:
     tm = s.get("time") or {}
     if tm.get("duration_s"):
         d = tm["duration_s"]
-        out.append(Block("time", "time per item (s)", ["", *STATS],
-                         [["duration_s", *[d.get(k) for k in STATS]]]))  # fmt: skip
+        out.append(Block("time", "time per item (duration_s, seconds)", ["", *STATS],
+                         [["s", *[d.get(k) for k in STATS]]]))  # fmt: skip
     slow = (tm.get("partitions") or {}).get("slowest") or []
     if slow:
         out.append(Block("time", "slowest partitions", ["partition", "compute s", "x median"],
@@ -234,8 +236,13 @@ def figures(s: dict[str, Any], max_params: int = 4) -> dict[str, Any]:
         fig, ax = plt.subplots(figsize=(5.2, 4.2))
         grid = [[float("nan") if v is None else v for v in row] for row in h["mean"]]
         im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis")
-        ax.set_xticks(range(len(h["x_bins"])), h["x_bins"], rotation=60, fontsize=6)
-        ax.set_yticks(range(len(h["y_bins"])), h["y_bins"], fontsize=6)
+        xl, yl = [str(b) for b in h["x_bins"]], [str(b) for b in h["y_bins"]]
+        crowded = len(xl) > 6 or max(map(len, xl), default=0) > 8  # category values may be short
+        ax.set_xticks(
+            range(len(xl)), xl, rotation=60 if crowded else 0, ha="right" if crowded else "center",
+            fontsize=6 if crowded else 8,
+        )  # fmt: skip
+        ax.set_yticks(range(len(yl)), yl, fontsize=6 if len(yl) > 6 else 8)
         ax.set_xlabel(h["x"])
         ax.set_ylabel(h["y"])
         ax.set_title(f"mean {y}", fontsize=9)
@@ -248,13 +255,18 @@ def figures(s: dict[str, Any], max_params: int = 4) -> dict[str, Any]:
     }  # fmt: skip
     if failing:
         shown_f = list(failing.items())[: max_params * 2]
-        fig, axes = plt.subplots(1, len(shown_f), figsize=(3.4 * len(shown_f), 2.9), squeeze=False)
+        # one scale for every parameter: a flat 10% is not drawn as tall as a bin at 100%
+        fig, axes = plt.subplots(
+            1, len(shown_f), figsize=(3.4 * len(shown_f), 2.9), squeeze=False, sharey=True
+        )
+        top = 0.0
         for ax, (param, bins) in zip(axes[0], shown_f, strict=True):
             rates = [b["errors"] / b["items"] if b["items"] else 0.0 for b in bins]
+            top = max(top, *rates)
             ax.bar(range(len(bins)), rates, color="tab:red")
             ax.set_xticks(range(len(bins)), [str(b["bin"]) for b in bins], rotation=60, fontsize=6)
             ax.set_xlabel(param)
-            ax.set_ylim(0, max(1e-9, max(rates)) * 1.1)
+        axes[0][0].set_ylim(0, max(1e-9, top) * 1.1)
         axes[0][0].set_ylabel("error rate")
         fig.suptitle("where it fails", fontsize=10)
         fig.tight_layout()
@@ -424,9 +436,9 @@ def report_html(
 
 
 _CSS = """
-body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:70rem;color:#222}
+body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:70rem;padding:0 1.5rem;color:#222}
 h1{margin-bottom:0}.output{color:#666;margin-top:.2rem}
 table{border-collapse:collapse;margin:.6rem 0}th,td{padding:.2rem .6rem;border-bottom:1px solid #ddd;
 text-align:right}th:first-child,td:first-child{text-align:left}
-caption{text-align:left;font-weight:600;padding:.3rem 0}figure{margin:.6rem 0}img{max-width:100%}pre{background:#f6f6f6;padding:.6rem;overflow:auto}
+caption{text-align:left;font-weight:600;padding:.3rem 0;white-space:nowrap}figure{margin:.6rem 0}img{max-width:100%}pre{background:#f6f6f6;padding:.6rem;overflow:auto}
 """

@@ -51,10 +51,8 @@ NUMBER_RE = r"[-+]?\d+(\.\d+)?([eE][-+]?\d+)?"
 MAX_LEVELS = 30
 
 
-def _open(
-    url: str, storage_options: dict[str, Any] | None
-) -> tuple[Store, dict[str, Any] | None, dict[int, str]]:
-    store = Store(url, storage_options)
+def _open(store: Store) -> tuple[Store, dict[str, Any] | None, dict[int, str]]:
+    url = store.url
     try:
         manifest = store.read_manifest()
         parts = store.list_partitions()
@@ -79,6 +77,9 @@ def _lit(text: str) -> str:
 
 
 def _num(v: Any) -> Any:
+    """A JSON-able number: ints stay ints, NaN and infinities become None."""
+    if isinstance(v, int):  # bool too
+        return v
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -142,7 +143,11 @@ class SweepOutput:
         memory_limit: str = MEMORY_LIMIT,
     ) -> None:
         self.url = url
-        self.store, manifest, self.parts = _open(url, storage_options)
+        store = Store(url, storage_options)
+        # before the listing: an existence check drops the folder's cached listing, which
+        # the scans' file opens would otherwise answer from (no HEAD request per open)
+        self.success = store.has_success()
+        self.store, manifest, self.parts = _open(store)
         self.manifest: dict[str, Any] = manifest or {}
         self.memory_limit = memory_limit
         self._con: duckdb.DuckDBPyConnection | None = None
@@ -161,6 +166,21 @@ class SweepOutput:
         if self._counts is None:
             self._counts = [counts_of(i, f) for i, f in self.footers.items()]
         return self._counts
+
+    @property
+    def planned_partitions(self) -> int | None:
+        return (self.manifest.get("layout") or {}).get("partitions")
+
+    def state(self) -> str:
+        """``succeeded`` (``_SUCCESS`` was there when opened), ``finalising`` (a running
+        sweep whose every partition is written) or the manifest's status."""
+        if self.success:
+            return "succeeded"
+        state = self.manifest.get("status", "unknown")
+        planned = self.planned_partitions
+        if state == "running" and planned and len(self.footers) == planned:
+            return "finalising"
+        return str(state)
 
     # ------------------------------------------------------------------ columns
 
@@ -365,11 +385,9 @@ class Analysis:
         ok = sum(c.ok for c in out.counts)
         errors = sum(c.errors for c in out.counts)
         planned_items = manifest.get("items")
-        planned_parts = (manifest.get("layout") or {}).get("partitions")
-        success = out.store.has_success()
-        state = "succeeded" if success else manifest.get("status", "unknown")
-        if state == "running" and planned_parts and len(out.counts) == planned_parts:
-            state = "finalising"
+        planned_parts = out.planned_partitions
+        success = out.success
+        state = out.state()
         items_done = ok + errors
         return {
             "output": out.url,
@@ -783,21 +801,20 @@ def progress(
     partitions written since the current run started; ``eta_s`` is ``None`` until
     there is one, and once the sweep has ended.
     """
-    store, manifest, parts = _open(url, storage_options)
-    manifest = manifest or {}
-    counts = {c.index: c for c in store.partition_counts(listed=parts)}
-    times = store.partition_times()
+    out = SweepOutput(url, storage_options)
+    manifest, counts = out.manifest, out.counts
+    times = out.store.partition_times()
     total = manifest.get("items")
-    done = sum(c.items for c in counts.values())
-    errors = sum(c.errors for c in counts.values())
+    done = sum(c.items for c in counts)
+    errors = sum(c.errors for c in counts)
     runs = manifest.get("runs") or []
     started = runs[-1].get("started") if runs else None
-    state = "succeeded" if store.has_success() else manifest.get("status", "unknown")
+    state = out.state()
     rate = eta = None
-    if started and state == "running":
+    if started and state in ("running", "finalising"):
         t0 = dt.datetime.fromisoformat(started).timestamp()
         now = time.time() if now is None else now
-        recent = sum(c.items for i, c in counts.items() if times.get(i, 0) >= t0)
+        recent = sum(c.items for c in counts if times.get(c.index, 0) >= t0)
         if recent and now > t0:
             rate = recent / (now - t0)
             eta = (total - done) / rate if total else None
@@ -808,7 +825,7 @@ def progress(
         "items_done": done,
         "errors": errors,
         "percent_done": round(100.0 * done / total, 2) if total else None,
-        "partitions": (manifest.get("layout") or {}).get("partitions"),
+        "partitions": out.planned_partitions,
         "partitions_done": len(counts),
         "run_started": started,
         "items_per_s": round(rate, 1) if rate is not None else None,

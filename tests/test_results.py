@@ -4,8 +4,11 @@ the HTML report in a real headless Chromium)."""
 
 from __future__ import annotations
 
+import collections
 import json
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -107,6 +110,8 @@ def test_summary_matches_pandas_on_the_same_files(output, table):
     # one kind of error (the messages differ only in their numbers), with an example
     (err,) = s["top_errors"]
     assert err["count"] == s["errors"] and err["pattern"].startswith("ValueError: unstable for b=#")
+    # where it was raised, though the function travels by value (cloudpickle: <dynamic-code>)
+    assert "(at montecarlo.py:27 in response)" in err["error"]
     assert err["example_params"]["b"] > 0.9
     assert err["example_item"] == table[table["status"] == "error"]["item"].min()
 
@@ -137,10 +142,37 @@ def test_the_summary_on_s3_is_the_local_one(output, s3):
 
     s3fs.S3FileSystem().put(str(output) + "/", f"{s3}/copy/", recursive=True)
     local = SweepOutput(str(output)).analyse(top=3)
-    remote = SweepOutput(f"{s3}/copy").analyse(top=3)
+    calls = _S3Calls()
+    logger = logging.getLogger("s3fs")
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(calls)
+    try:
+        remote = SweepOutput(f"{s3}/copy").analyse(top=3)
+    finally:
+        logger.removeHandler(calls)
+        logger.setLevel(level)
     for s in (local, remote):
         s.pop("output")
     _assert_close(remote, local)
+    # the scans' file opens are answered from the one listing: no HEAD per file per scan
+    parts = len(list(output.glob("part-*.parquet")))
+    assert parts >= 5
+    assert calls.count["get_object"] >= parts, calls.count  # (the count is of real requests)
+    assert calls.count["head_object"] <= 2, calls.count  # _SUCCESS and the manifest at most
+
+
+class _S3Calls(logging.Handler):
+    """Counts the S3 requests s3fs logs (``CALL: head_object - ...``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.count: collections.Counter[str] = collections.Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        m = re.match(r"CALL: (\w+)", record.getMessage())
+        if m:
+            self.count[m.group(1)] += 1
 
 
 def _assert_close(got, want, where="summary"):
