@@ -22,6 +22,7 @@ def sweep(
     client: Any = None,
     overwrite: bool = False,
     progress: Callable[[str, dict[str, Any]], None] | None = None,
+    retry_failed: bool | str = False,
     **spec_fields: Any,
 ) -> SweepReport:
     """Run ``func`` on every parameter set of ``params`` and write the results to ``output``.
@@ -41,6 +42,10 @@ def sweep(
         An existing ``distributed.Client``; by default the spec's cluster (a LocalCluster).
     overwrite
         Replace a different sweep found at ``output``.
+    retry_failed
+        Also run again the items of ``output`` whose ``status`` is ``error`` (and finish
+        what is missing); a string narrows it with a SQL filter on the failed rows, e.g.
+        ``"error LIKE '%Timeout%'"``. ``attempts`` keeps counting across runs.
     **spec_fields
         Any other spec field: ``call``, ``partition_size``, ``retries``, ``max_failures``,
         ``seed``, ``storage_options``, ``name``, ``cluster``, ``timeout``.
@@ -56,7 +61,9 @@ def sweep(
     spec = build_spec(
         {"function": func, "params": params_spec, "output": output, **spec_fields}, where="sweep()"
     )
-    return run_sweep(spec, client=client, overwrite=overwrite, progress=progress)
+    return run_sweep(
+        spec, client=client, overwrite=overwrite, progress=progress, retry_failed=retry_failed
+    )
 
 
 def _refuse_in_reimported_main() -> None:

@@ -78,6 +78,7 @@ class Progress:
         self.base = 0
         self.done = 0
         self.failures = 0
+        self.counting = "items_done"  # the partition events' count the bar follows
         self.t0 = time.monotonic()
         self.last_line = 0.0
 
@@ -98,12 +99,23 @@ class Progress:
             )
         elif event == "start":
             self.total, self.base, self.done = info["items"], info["items_done"], info["items_done"]
+            if info.get("retry"):  # a retry's progress is its items, not the sweep's
+                self.total, self.base, self.done = info["todo_items"], 0, 0
+                self.counting = "items_run"
             self.failures = info["failures"]
             self.t0 = time.monotonic()
+            retry = info.get("retry")
+            todo = info["todo"] - (retry["partitions"] if retry else 0)
             self._say(
                 f"{self.name}: {info['items']:,} items in {info['partitions']:,} partitions;"
-                f" {info['todo']:,} to run, {info['partitions'] - info['todo']:,} already done"
+                f" {todo:,} to run, {info['partitions'] - todo:,} already done"
             )
+            if retry:
+                which = f" matching {retry['where']}" if retry["where"] else ""
+                self._say(
+                    f"{self.name}: retrying {retry['items']:,} failed item(s){which} in"
+                    f" {retry['partitions']:,} partition(s)"
+                )
             if self.tty and info["todo"]:
                 from rich.progress import (
                     BarColumn,
@@ -135,7 +147,7 @@ class Progress:
                     failures=self.failures,
                 )
         elif event == "partition":
-            self.done, self.failures = info["items_done"], info["failures"]
+            self.done, self.failures = info[self.counting], info["failures"]
             rate = (self.done - self.base) / max(1e-9, time.monotonic() - self.t0)
             if self.bar is not None:
                 self.bar.update(
@@ -213,6 +225,12 @@ def _print_summary(report: dict[str, Any]) -> None:
             f"  isolated   {report['isolated_partitions']:,} partition(s) ran with items in child"
             " processes (a worker died, or isolation/timeout asked for it)"
         )
+    if report.get("items_retried"):
+        fixed = report["items_fixed"]
+        _print(
+            f"  retried    {report['items_retried']:,} failed item(s): {fixed:,} now ok,"
+            f" {report['items_retried'] - fixed:,} failed again"
+        )
     inline = report.get("inline_partitions", 0)
     if inline:
         where = (
@@ -253,6 +271,20 @@ def run(
         bool, typer.Option("--json", help="Print one JSON summary line on stdout.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Also run again the items whose status is error (same spec, same output).",
+        ),
+    ] = False,
+    where: Annotated[
+        str | None,
+        typer.Option(
+            help="With --retry-failed: only the failed items this SQL filter keeps,"
+            " e.g. \"error LIKE '%Timeout%'\".",
+        ),
+    ] = None,
 ) -> None:
     """Run a sweep (or resume it: only partitions missing from the output are computed).
 
@@ -272,11 +304,18 @@ def run(
             int(partition_size) if partition_size.isdigit() else partition_size
         )
     try:
+        if where is not None and not retry_failed:
+            raise SpecError("--where: it narrows --retry-failed; add --retry-failed")
         spec = _load(spec_path, **overrides)
     except SweepError as e:
         raise _fail(e) from e
     progress = Progress(spec.name, quiet=quiet)
-    sweep_run = SweepRun(spec, overwrite=overwrite, progress=progress)
+    sweep_run = SweepRun(
+        spec,
+        overwrite=overwrite,
+        progress=progress,
+        retry_failed=(where or True) if retry_failed else False,
+    )
     received: list[int] = []
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -23,6 +23,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import itertools
+import math
 import threading
 import time
 from collections import Counter
@@ -45,6 +46,7 @@ from .exceptions import (
     Interrupted,
     OutputConflictError,
     SourceError,
+    SpecError,
     Status,
     StorageUnreachable,
     SweepError,
@@ -53,10 +55,21 @@ from .inline import InlineSlot
 from .isolate import IsolatedRun
 from .plan import Descriptor, Layout, fill, todo
 from .policy import FailureBudget, InlinePolicy, PartitionSizing
+from .retry import check_filter, merge_retried, retry_rows, retry_targets
 from .secrets import redact
 from .sources import Source, make_source
 from .spec import SweepSpec, resolve_function
-from .store import MANIFEST, PartitionCounts, Store, partition_table, result_schema
+from .store import (
+    ITEM,
+    ITEM_ERROR,
+    MANIFEST,
+    PartitionCounts,
+    Store,
+    footer_meta,
+    part_name,
+    partition_table,
+    result_schema,
+)
 
 # --------------------------------------------------------------------------- worker side
 
@@ -78,6 +91,7 @@ class TaskContext:
     memory_fraction: float = 0.95
     result_schema: bytes | None = None
     batch_format: str = "numpy"
+    retry_where: str | None = None  # a retry's filter on the failed rows (SQL)
     _fn: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -142,6 +156,7 @@ class PartitionReport:
     isolated: bool = False
     deaths: int = 0  # child processes that died running its items
     inline: bool = False  # run by the runner itself (in its child process), not on the cluster
+    retried: int = 0  # failed items it ran again (a retry: the counts are the whole partition's)
 
     @property
     def items(self) -> int:
@@ -179,6 +194,12 @@ def run_partition(
             f"reading parameters {desc.start}..{desc.stop}: {type(e).__name__}: {e}"
         ) from e
     items = np.arange(desc.start, desc.stop, dtype=np.int64)
+    old: pa.Table | None = None
+    if desc.retry:  # only its failed items run again, with their own item numbers and seeds
+        old = ctx.store.read_partition(ctx.store.path(part_name(desc.index)), metadata=True)
+        rows = retry_rows(old, ctx.retry_where)
+        positions = old.column(ITEM).to_numpy()[rows] - desc.start
+        params, items = params.take(pa.array(positions)), items[positions]
     isolated = isolated or ctx.always_isolated
     if isolated or isolated_run is not None:
         runner = isolated_run or ctx.isolated_run()
@@ -201,17 +222,25 @@ def run_partition(
         attempts[list(res.attempts)] = list(res.attempts.values())
     table = partition_table(params, items, results, res.errors, attempts, res.durations)
     t1 = time.perf_counter()
+    meta: dict[str, Any] = {"compute_s": round(t1 - t0, 4)}
+    retried = 0
+    if old is not None:
+        before = footer_meta(old.schema)
+        retried = n
+        table = merge_retried(old.replace_schema_metadata(None), rows, table)
+        n = table.num_rows
+        errors = int(pc.sum(pc.equal(table.column("status"), ITEM_ERROR)).as_py() or 0)
+        meta = {
+            "compute_s": round(float(before.get("compute_s") or 0.0) + t1 - t0, 4),
+            "retried": int(before.get("retried", 0)) + retried,
+        }
+    else:
+        errors = len(res.errors)
     stop = desc.start + n
-    errors = len(res.errors)
-    meta = {
-        "index": desc.index,
-        "start": desc.start,
-        "stop": stop,
-        "ok": n - errors,
-        "errors": errors,
-        "spec_hash": ctx.spec_hash,
-        "compute_s": round(t1 - t0, 4),
-    }
+    meta.update(
+        index=desc.index, start=desc.start, stop=stop, ok=n - errors, errors=errors,
+        spec_hash=ctx.spec_hash,
+    )  # fmt: skip
     nbytes = ctx.store.write_partition(desc.index, table, meta)
     t2 = time.perf_counter()
     schema = None
@@ -219,7 +248,7 @@ def run_partition(
         schema = schema_to_bytes(result_schema(table, params.column_names))
     return PartitionReport(
         desc.index, desc.start, stop, n - errors, errors, t1 - t0, t2 - t1, nbytes, schema,
-        loop_s, isolated, res.deaths, isolated_run is not None,
+        loop_s, isolated, res.deaths, isolated_run is not None, retried,
     )  # fmt: skip
 
 
@@ -260,6 +289,8 @@ class SweepReport:
     # preemption): not the partition's doing, so no isolation and nothing counted
     preempted_partitions: int = 0
     inline_partitions: int = 0  # run by the runner itself: no cluster was needed for them
+    items_retried: int = 0  # failed items run again (--retry-failed)
+    items_fixed: int = 0  # ... of which now succeed
     peak_rss_mb: float = 0.0  # the runner process's own peak memory
     tasks: int = 0  # tasks this run submitted to the Dask scheduler
     dashboard: str | None = None
@@ -350,6 +381,9 @@ class SweepRun:
         ``isolate``, ``drain`` and ``end`` events.
     provider
         A :class:`~runner.clusters.ClusterProvider` (overrides ``spec.cluster`` and ``client``).
+    retry_failed
+        Also run again the items whose ``status`` is ``error`` (:mod:`runner.retry`); a
+        string is a SQL filter on the failed rows, e.g. ``"error LIKE '%Timeout%'"``.
     """
 
     def __init__(
@@ -360,9 +394,15 @@ class SweepRun:
         overwrite: bool = False,
         progress: ProgressCallback | None = None,
         provider: Any = None,
+        retry_failed: bool | str = False,
     ) -> None:
         self.spec = spec
         self.overwrite = overwrite
+        self.retry = bool(retry_failed)
+        self.retry_where = retry_failed if isinstance(retry_failed, str) else None
+        self.retrying: dict[int, int] = {}  # partitions retried: index -> its errors before
+        self.retry_items = 0  # failed items chosen to run again
+        self.items_run = 0  # items this run computed (a retried partition: its retried ones)
         self.emit = progress or _noop
         self._client = client
         self.provider = provider
@@ -483,7 +523,13 @@ class SweepRun:
         self.source, self.n_items = inputs.source, inputs.n_items
         self.spec_hash = spec.spec_hash()
         self.store = Store(spec.output, spec.storage_options)
+        if self.retry and self.overwrite:
+            raise SpecError(
+                "--retry-failed keeps what the output holds; --overwrite replaces it: pick one"
+            )
         manifest = check_output(self.store, spec, self.overwrite)
+        if self.retry:
+            self._check_retry(manifest)
         if manifest is not None and manifest.get("items") not in (None, self.n_items):
             raise OutputConflictError(
                 f"output {self.store.url} was planned for {manifest['items']} items, the source"
@@ -510,7 +556,21 @@ class SweepRun:
             memory_fraction=float(config.get("isolation.memory-fraction")),
             result_schema=_b64decode(self.manifest.get("result_schema")),
             batch_format=spec.batch_format,
+            retry_where=self.retry_where,
         )
+
+    def _check_retry(self, manifest: dict[str, Any] | None) -> None:
+        """A retry needs a sweep in the output (and a filter that fits its columns)."""
+        if manifest is None or not manifest.get("layout"):
+            raise SpecError(
+                f"--retry-failed: {self.store.url} holds no run of this sweep yet; run it"
+                " without --retry-failed first"
+            )
+        if self.retry_where:
+            listed = self.store.list_partitions()
+            if listed:
+                footer = self.store.read_footer(listed[min(listed)])
+                check_filter(self.retry_where, footer.remove_metadata())
 
     def begin(self) -> None:
         """Record the run in the manifest; the first write (an unwritable output fails here)."""
@@ -520,7 +580,8 @@ class SweepRun:
         self.manifest["status"] = Status.RUNNING
         self.store.write_manifest(self.manifest)
         self.store.clear_success()
-        self.done = set(self.store.list_partitions())
+        self.listed = self.store.list_partitions()
+        self.done = set(self.listed)
 
     def probe(self) -> None:
         """Run the probes on the cluster, one per slot at once (or recover them); record the layout.
@@ -567,9 +628,6 @@ class SweepRun:
         redo = [r for r in reports if r.result_schema != chosen]
         if not redo:
             return
-        for r in redo:  # their counts come again from the rerun
-            self.failures -= r.errors
-            self.items_done -= r.items
         again = self.run_partitions([Descriptor(r.index, r.start, r.stop) for r in redo])
         by_index = {r.index: r for r in again}
         reports[:] = [by_index.get(r.index, r) for r in reports]
@@ -687,6 +745,7 @@ class SweepRun:
         self.known.update((c.index, c) for c in prior)
         self.failures = sum(c.errors for c in self._counts())
         self.items_done = sum(c.items for c in self._counts())
+        retry = self._retry_descriptors() if self.retry else []
         self.emit(
             "start",
             {
@@ -694,14 +753,28 @@ class SweepRun:
                 "items_done": self.items_done,
                 "failures": self.failures,
                 "partitions": self.layout.partitions,
-                "todo": len(missing),
+                "todo": len(missing) + len(retry),
+                "todo_items": sum(d.items for d in missing) + self.retry_items,
                 "allowed": self.allowed,
+                "retry": {
+                    "items": self.retry_items,
+                    "partitions": len(retry),
+                    "where": self.retry_where,
+                }
+                if self.retry
+                else None,
             },
         )
         self._check_budget(early=False)
+        left = sum(d.items for d in missing) + self.retry_items
+        if retry and not missing and self.per_item is None:
+            # a retry's items cannot take longer than their whole partitions took: when
+            # those took seconds, the runner retries them itself and starts no cluster
+            took = sum(self.known[d.index].compute_s or math.inf for d in retry)
+            self.per_item = took / max(1, left)
+        missing += retry
         if not missing:
             return
-        left = sum(d.items for d in missing)
         self.phase = "run"
         if (
             self.inline is not None
@@ -716,6 +789,14 @@ class SweepRun:
                 self.inline = None
             self._connect()
             self.run_partitions(missing)
+
+    def _retry_descriptors(self) -> list[Descriptor]:
+        """The finished partitions holding failed items to run again (matching the filter)."""
+        assert self.layout is not None
+        targets = retry_targets(self.store, self.known.values(), self.listed, self.retry_where)
+        self.retry_items = sum(targets.values())
+        self.retrying = {i: self.known[i].errors for i in targets}
+        return [dataclasses.replace(self.layout.descriptor(i), retry=True) for i in sorted(targets)]
 
     def run_inline(self, descs: list[Descriptor]) -> None:
         """Run the partitions one by one in the runner's child process (a small sweep)."""
@@ -817,7 +898,11 @@ class SweepRun:
             self.status = Status.ERROR
         elif self.status == Status.SUCCEEDED and not (complete and errors <= self.allowed):
             self.status = Status.FAILED
-        items_run = sum(r.items for r in self.reports.values())
+        items_run = self.items_run
+        retried = sum(r.retried for r in self.reports.values())
+        fixed = sum(
+            self.retrying[i] - r.errors for i, r in self.reports.items() if i in self.retrying
+        )
         isolated = sorted(i for i, r in self.reports.items() if r.isolated)
         self.run_record.update(
             finished=_now(),
@@ -831,6 +916,13 @@ class SweepRun:
             worker_losses=sum(self.worker_losses.values()),
             preempted_partitions=len(self.preempted),
         )
+        if self.retry:
+            self.run_record["retry"] = {
+                "where": self.retry_where,
+                "partitions": len(self.retrying),
+                "items_retried": retried,
+                "items_fixed": fixed,
+            }
         self.manifest.update(
             status=self.status,
             finished=_now(),
@@ -871,6 +963,8 @@ class SweepRun:
             isolated_partitions=len(isolated),
             preempted_partitions=len(self.preempted),
             inline_partitions=sum(r.inline for r in self.reports.values()),
+            items_retried=retried,
+            items_fixed=fixed,
             peak_rss_mb=peak_rss_mb(),
             tasks=self.tasks,
             dashboard=self.dashboard,
@@ -1037,9 +1131,14 @@ class SweepRun:
         return batch
 
     def _record(self, r: PartitionReport, announce: bool) -> None:
+        before = self.reports.get(r.index) or self.known.get(r.index)
+        if before is not None:  # a probe run again, or a retried partition: its new counts
+            self.failures -= before.errors
+            self.items_done -= before.items
         self.reports[r.index] = r
         self.failures += r.errors
         self.items_done += r.items
+        self.items_run += r.retried if r.index in self.retrying else r.items
         if announce:
             self.emit(
                 "partition",
@@ -1048,6 +1147,7 @@ class SweepRun:
                     "items": r.items,
                     "errors": r.errors,
                     "items_done": self.items_done,
+                    "items_run": self.items_run,
                     "failures": self.failures,
                     "isolated": r.isolated,
                     "deaths": r.deaths,
@@ -1055,6 +1155,8 @@ class SweepRun:
             )
 
     def _check_budget(self, early: bool) -> None:
+        if self.retry:  # the failures being retried count until they are: judge at the end
+            return
         if self.budget.exceeded(self.failures, self.n_items):
             more = f" ({self.allowed} allowed); stopped early" if early else " already"
             raise FailureBudgetExceeded(
@@ -1142,10 +1244,16 @@ def run_sweep(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     provider: Any = None,
+    retry_failed: bool | str = False,
 ) -> SweepReport:
     """Run (or resume) a sweep and return its report: ``SweepRun(...).run()``."""
     return SweepRun(
-        spec, client=client, overwrite=overwrite, progress=progress, provider=provider
+        spec,
+        client=client,
+        overwrite=overwrite,
+        progress=progress,
+        provider=provider,
+        retry_failed=retry_failed,
     ).run()
 
 

@@ -20,11 +20,16 @@ from functools import cached_property
 
 @dataclass(frozen=True)
 class Descriptor:
-    """One partition, as it travels through the scheduler: a few integers."""
+    """One partition, as it travels through the scheduler: a few integers.
+
+    ``retry``: the partition is in the output; run its failed items again
+    (:mod:`runner.retry`).
+    """
 
     index: int
     start: int
     stop: int
+    retry: bool = False
 
     @property
     def items(self) -> int:

@@ -283,9 +283,14 @@ class PartitionCounts:
         return self.stop - self.start
 
 
+def footer_meta(footer: pa.Schema) -> dict[str, Any]:
+    """The sweep's metadata in a partition's footer (``{}`` when it has none)."""
+    return dict(json.loads((footer.metadata or {}).get(META_KEY, b"{}")))
+
+
 def counts_of(index: int, footer: pa.Schema) -> PartitionCounts:
     """What a partition's footer (its schema metadata) says about it."""
-    m = json.loads((footer.metadata or {}).get(META_KEY, b"{}"))
+    m = footer_meta(footer)
     try:
         start, stop, ok, errors = (int(m[k]) for k in ("start", "stop", "ok", "errors"))
     except (KeyError, TypeError, ValueError) as e:
@@ -498,14 +503,17 @@ class Store:
 
         return self._call(path.rsplit("/", 1)[-1], "reading its footer", read)
 
-    def read_partition(self, path: str, columns: Sequence[str] | None = None) -> pa.Table:
-        """A partition file's table (only ``columns`` that it has, if given), footer metadata dropped."""
+    def read_partition(
+        self, path: str, columns: Sequence[str] | None = None, metadata: bool = False
+    ) -> pa.Table:
+        """A partition file's table (only ``columns`` that it has, if given); its footer
+        metadata dropped unless ``metadata``."""
         import pyarrow.parquet as pq  # lazy: see read_footer
 
         def read() -> pa.Table:
             with self.fs.open(path, "rb") as fh:
                 table = pq.ParquetFile(fh).read(columns=columns)
-            return table.replace_schema_metadata(None)
+            return table if metadata else table.replace_schema_metadata(None)
 
         return self._call(path.rsplit("/", 1)[-1], "reading it", read)
 

@@ -181,3 +181,26 @@ def hang_or_crash(a, b):
     if a == 7:
         os._exit(1)
     return a + b
+
+
+def needs_fix(a, b, marker, delay, seed):
+    """``a == 0`` always fails; ``b >= 0.5`` fails until the file ``marker`` exists, then
+    takes ``delay`` s. The result carries the item's seed (a retry must use the same)."""
+    import time
+
+    if a == 0:
+        raise TimeoutError(f"a={a} never works")
+    if b >= 0.5:
+        if not os.path.exists(marker):
+            raise RuntimeError(f"dependency missing (b={b})")
+        time.sleep(delay)
+    return a + b + (seed % 1000) / 1000
+
+
+def hangs_until_fixed(a, b, marker):
+    """``b >= 0.5`` hangs until the file ``marker`` exists (a timeout's case for a retry)."""
+    import time
+
+    if b >= 0.5 and not os.path.exists(marker):
+        time.sleep(3600)
+    return a + b
