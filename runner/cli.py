@@ -185,6 +185,31 @@ class Progress:
                 f" {len(info['running'])} running partition(s) ({running or 'none'}{more});"
                 f" {info['cancelled']} not started are cancelled. Send the signal again to stop now."
             )
+        elif event == "projection":
+            cost = f" (cost {info['cost']:,.4g})" if info["cost"] is not None else ""
+            hours = (
+                f"{info['worker_hours']:,.4g} worker-hours"
+                if info["worker_hours"] >= 0.01
+                else f"{info['worker_s']:,.3g} worker-seconds"
+            )
+            line = f"{self.name}: projected {hours}{cost} for the whole sweep"
+            if info["over_cap"]:
+                line += f"; more than {info['cap']}: it will stop there (rerun with more to go on)"
+            self._say(line)
+        elif event == "budget":
+            self._say(
+                f"{self.name}: {info['cap']} reached ({info['spent']}): starting nothing more;"
+                f" {len(info['running'])} running partition(s) finish, {info['cancelled']}"
+                " not started are left for a rerun with a larger cap"
+            )
+        elif event == "notify":
+            if info["sent"]:
+                self._say(f"{self.name}: notified {info['to']} ({info['event']})")
+            else:
+                self._say(
+                    f"{self.name}: warning: the webhook {info['to'] or ''} was not notified"
+                    f" ({info['event']}): {info['error']}; the sweep's outcome is unchanged"
+                )
         elif event == "end":
             self.close()
 
@@ -225,6 +250,8 @@ def _print_summary(report: dict[str, Any]) -> None:
             f"  isolated   {report['isolated_partitions']:,} partition(s) ran with items in child"
             " processes (a worker died, or isolation/timeout asked for it)"
         )
+    if report.get("cost") is not None:
+        _print(f"  cost       {report['worker_hours']:,.4g} worker-hours, {report['cost']:,.4g}")
     if report.get("items_retried"):
         fixed = report["items_fixed"]
         _print(
@@ -327,6 +354,7 @@ def run(
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     report: dict[str, Any] | None = None
     code = 0
+    stopped = ""
     try:
         report = sweep_run.run().to_dict()
     except SweepError as e:
@@ -334,9 +362,10 @@ def run(
         report = getattr(e, "report", None)
         report = report.to_dict() if report is not None else None
         code = e.exit_code
+        stopped = str(e)
         if isinstance(e, Interrupted) and received:
             code = 128 + received[0]
-        if report is None or code != 1:
+        if report is None or code not in (1, 4):  # these two have a report to show
             _fail(e)
     except KeyboardInterrupt:
         progress.close()
@@ -356,6 +385,8 @@ def run(
                     f" see: sweep results {redact_url(report['output'])}",
                     file=sys.stderr,
                 )
+            elif code == 4:
+                print(f"budget-exhausted: {redact_url(stopped)}", file=sys.stderr)
     _exit_now(code)
 
 

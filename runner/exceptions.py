@@ -56,6 +56,13 @@ class FailureBudgetExceeded(SweepError):
     exit_code = 1
 
 
+class BudgetExhausted(SweepError):
+    """The sweep reached ``max_worker_hours`` or ``max_cost``: it stopped cleanly, its
+    finished partitions kept; rerun with a larger cap to continue."""
+
+    exit_code = 4
+
+
 class Interrupted(SweepError):
     """The sweep was stopped by a signal; finished partitions are kept."""
 
@@ -76,11 +83,13 @@ class Status(StrEnum):
     FAILED = "failed"  # finished, but more items failed than max_failures allows
     INTERRUPTED = "interrupted"  # stopped by a signal; rerun to resume
     ERROR = "error"  # bad input or infrastructure; see the message
+    BUDGET_EXHAUSTED = "budget-exhausted"  # max_worker_hours / max_cost reached; rerun with more
 
     @property
     def exit_code(self) -> int:
         return {
             Status.SUCCEEDED: 0,
             Status.FAILED: FailureBudgetExceeded.exit_code,
+            Status.BUDGET_EXHAUSTED: BudgetExhausted.exit_code,
             Status.INTERRUPTED: Interrupted.exit_code,
         }.get(self, InfrastructureError.exit_code)

@@ -41,6 +41,7 @@ from . import __version__, config
 from .calls import Command, check_call, result_columns, run_items
 from .clusters.base import ClusterStart
 from .exceptions import (
+    BudgetExhausted,
     FailureBudgetExceeded,
     InfrastructureError,
     Interrupted,
@@ -53,8 +54,9 @@ from .exceptions import (
 )
 from .inline import InlineSlot
 from .isolate import IsolatedRun
+from .notify import send as send_notification
 from .plan import Descriptor, Layout, fill, todo
-from .policy import FailureBudget, InlinePolicy, PartitionSizing
+from .policy import FailureBudget, InlinePolicy, PartitionSizing, SpendCap
 from .retry import check_filter, merge_retried, retry_rows, retry_targets
 from .secrets import redact
 from .sources import Source, make_source
@@ -291,6 +293,8 @@ class SweepReport:
     inline_partitions: int = 0  # run by the runner itself: no cluster was needed for them
     items_retried: int = 0  # failed items run again (--retry-failed)
     items_fixed: int = 0  # ... of which now succeed
+    worker_hours: float = 0.0  # the sweep's, all runs (busy worker time; see SpendCap)
+    cost: float | None = None  # worker_hours x price_per_worker_hour, when priced
     peak_rss_mb: float = 0.0  # the runner process's own peak memory
     tasks: int = 0  # tasks this run submitted to the Dask scheduler
     dashboard: str | None = None
@@ -429,6 +433,7 @@ class SweepRun:
         self.failures = 0
         self.items_done = 0
         self.stop_at: float | None = None  # drain deadline after SIGTERM/SIGINT
+        self.cap_cancelled = 0  # partitions left undone at the spending cap
         self._stop = threading.Event()
         self.client: Any = None
         self.cluster: ClusterStart | None = None
@@ -462,6 +467,14 @@ class SweepRun:
             self.prepare()
             self.begin()
             report = self._run_steps()
+        if report.status == Status.BUDGET_EXHAUSTED:
+            cap = self.cap
+            stop = BudgetExhausted(
+                f"stopped at {cap.describe_spent(self._spent_s())} of {cap.describe()}: finished"
+                " partitions are kept; raise the cap and run the same command to continue"
+            )
+            stop.report = report  # type: ignore[attr-defined]
+            raise stop
         if report.status == Status.FAILED:
             err = FailureBudgetExceeded(
                 f"{report.errors} of {report.items} items failed, max_failures allows"
@@ -487,6 +500,8 @@ class SweepRun:
                 self.status = Status.SUCCEEDED
             except FailureBudgetExceeded:
                 self.status = Status.FAILED
+            except BudgetExhausted:
+                self.status = Status.BUDGET_EXHAUSTED
             except (KeyboardInterrupt, Interrupted) as e:
                 self.status = Status.INTERRUPTED
                 if isinstance(e, KeyboardInterrupt):
@@ -501,7 +516,16 @@ class SweepRun:
             finally:
                 report = self.finalise(error)
                 self.emit("end", report.to_dict())
+                self._notify(report)
         return report
+
+    def _notify(self, report: SweepReport) -> None:
+        """POST the report to the spec's webhook if it asks for this end (never raises)."""
+        if self.spec.notify is None:
+            return
+        outcome = send_notification(self.spec.notify, report.status, report.to_dict())
+        if outcome is not None:
+            self.emit("notify", outcome)
 
     def request_stop(self) -> bool:
         """Drain: submit nothing more, let running partitions finish within ``grace-seconds``.
@@ -541,6 +565,13 @@ class SweepRun:
         if self.manifest.get("layout"):
             self.layout = Layout.from_dict(self.manifest["layout"])
         self.budget = FailureBudget(spec.max_failures)
+        self.cap = SpendCap(
+            max_worker_hours=spec.max_worker_hours,
+            max_cost=spec.max_cost,
+            price_per_worker_hour=spec.price_per_worker_hour,
+            threads_per_worker=self._threads_per_worker(),
+        )
+        self.prior_worker_s = float(self.manifest.get("worker_s") or 0.0)
         self.allowed = self.budget.allowed(self.n_items)
         self.ctx = TaskContext(
             function=cloudpickle.dumps(inputs.function),
@@ -766,6 +797,20 @@ class SweepRun:
             },
         )
         self._check_budget(early=False)
+        if self.per_item is not None:  # measured by this run's probe: the whole sweep's cost
+            projected = self.per_item * self.n_items
+            self.emit(
+                "projection",
+                {
+                    "worker_s": round(projected, 3),
+                    "worker_hours": self.cap.hours(projected),
+                    "cost": self.cap.cost(projected),
+                    "cap": self.cap.describe() if self.cap.limited else None,
+                    "over_cap": self.cap.reached(projected),
+                },
+            )
+        if (missing or retry) and self.cap.reached(self._spent_s()):
+            raise BudgetExhausted(f"{self.cap.describe()} is already spent")
         left = sum(d.items for d in missing) + self.retry_items
         if retry and not missing and self.per_item is None:
             # a retry's items cannot take longer than their whole partitions took: when
@@ -802,7 +847,7 @@ class SweepRun:
         """Run the partitions one by one in the runner's child process (a small sweep)."""
         assert self.inline is not None
         self.phase = "run"
-        for desc in descs:
+        for k, desc in enumerate(descs):
             if self._stop.is_set():
                 raise Interrupted()
             fut = self.inline.submit(desc, self.ctx)
@@ -824,6 +869,10 @@ class SweepRun:
                 raise _failed(desc, e) from e
             self._record(report, announce=True)
             self._check_budget(early=True)
+            if k + 1 < len(descs) and self.cap.reached(self._spent_s()):
+                self.emit("budget", {"spent": self.cap.describe_spent(self._spent_s()),
+                                     "cap": self.cap.describe(), "running": [], "cancelled": 0})  # fmt: skip
+                raise BudgetExhausted(self.cap.describe())
 
     def run_partitions(
         self, descs: list[Descriptor], probe_seconds: float | None = None
@@ -867,7 +916,9 @@ class SweepRun:
                     self.provider.on_remaining(remaining)
                     if not probe:
                         self._check_budget(early=True)
-                if self._stop.is_set():
+                if self._stop.is_set() or (
+                    not probe and remaining and self.cap.reached(self._spent_s())
+                ):
                     self._drain()
         except BaseException:
             self._cancel()
@@ -911,6 +962,8 @@ class SweepRun:
             items_run=items_run,
             wall_s=round(wall, 3),
             worker_s=round(worker_s, 3),
+            worker_hours=self.cap.hours(worker_s),
+            cost=self.cap.cost(worker_s),
             isolated_partitions=isolated,
             item_process_deaths=sum(r.deaths for r in self.reports.values()),
             worker_losses=sum(self.worker_losses.values()),
@@ -934,8 +987,12 @@ class SweepRun:
                 "partitions_done": len(counts),
             },
             wall_s=round(sum(r.get("wall_s", 0.0) for r in self.manifest["runs"]), 3),
-            worker_s=round(self.manifest.get("worker_s", 0.0) + worker_s, 3),
+            worker_s=round(self.prior_worker_s + worker_s, 3),
+            worker_hours=self.cap.hours(self.prior_worker_s + worker_s),
+            cost=self.cap.cost(self.prior_worker_s + worker_s),
         )
+        if self.cap.limited:
+            self.manifest["cap"] = self.cap.describe()
         self._write_final_manifest(error, bool(counts))
         if unseen and error is None:
             raise InfrastructureError(
@@ -965,6 +1022,8 @@ class SweepRun:
             inline_partitions=sum(r.inline for r in self.reports.values()),
             items_retried=retried,
             items_fixed=fixed,
+            worker_hours=self.cap.hours(self.prior_worker_s + worker_s),
+            cost=self.cap.cost(self.prior_worker_s + worker_s),
             peak_rss_mb=peak_rss_mb(),
             tasks=self.tasks,
             dashboard=self.dashboard,
@@ -1165,25 +1224,34 @@ class SweepRun:
 
     def _drain(self) -> None:
         """After a stop request: cancel what has not started; end when the rest is done or late."""
+        signalled = self._stop.is_set()  # else the spending cap was reached
+        grace = float(config.get("grace-seconds"))
         if self.stop_at is None:
-            grace = float(config.get("grace-seconds"))
-            self.stop_at = time.monotonic() + grace
+            # at the cap, the running partitions finish: their work is paid for
+            self.stop_at = time.monotonic() + grace if signalled else math.inf
             running = self._running_keys()
             waiting = [f for key, (f, _) in self.pending.items() if key not in running]
             for f in waiting:
                 self.pending.pop(f.key, None)
             if waiting:
                 self.client.cancel(waiting, force=True)
-            self.emit(
-                "drain",
-                {
-                    "running": sorted(d.index for _, d in self.pending.values()),
-                    "cancelled": len(waiting),
-                    "grace": grace,
-                },
-            )
+            self.cap_cancelled = 0 if signalled else len(waiting)
+            info = {
+                "running": sorted(d.index for _, d in self.pending.values()),
+                "cancelled": len(waiting),
+            }
+            if signalled:
+                self.emit("drain", {**info, "grace": grace})
+            else:
+                spent = self.cap.describe_spent(self._spent_s())
+                self.emit("budget", {**info, "spent": spent, "cap": self.cap.describe()})
+        elif signalled and self.stop_at == math.inf:  # a signal while draining at the cap
+            self.stop_at = time.monotonic() + grace
         if not self.pending or time.monotonic() >= self.stop_at:
-            raise Interrupted()
+            if signalled:
+                raise Interrupted()
+            if self.cap_cancelled:
+                raise BudgetExhausted(self.cap.describe())
 
     def _running_keys(self) -> set[str]:
         """Keys of this run's tasks that workers are executing now."""
@@ -1200,6 +1268,16 @@ class SweepRun:
         if pending:
             with contextlib.suppress(Exception):
                 self.client.cancel(pending, force=True)
+
+    def _spent_s(self) -> float:
+        """Busy worker-thread seconds of the sweep so far: earlier runs' and this run's."""
+        return self.prior_worker_s + sum(r.compute_s + r.write_s for r in self.reports.values())
+
+    def _threads_per_worker(self) -> int:
+        cluster = self.spec.cluster
+        if cluster.kind == "kubernetes":
+            return cluster.kubernetes.worker_threads
+        return cluster.threads_per_worker
 
     def _counts(self) -> list[PartitionCounts]:
         merged = {**self.known, **{i: r.counts() for i, r in self.reports.items()}}

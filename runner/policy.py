@@ -104,6 +104,59 @@ class FailureBudget:
 
 
 @dataclass(frozen=True)
+class SpendCap:
+    """What a sweep may spend, in worker-hours and (priced) money, and whether it has.
+
+    Spending is measured in busy worker-thread seconds (each partition's compute and
+    write time, summed over the sweep's runs); a worker-hour is an hour of a worker's
+    ``threads_per_worker`` threads, so a 4-thread worker busy for an hour is one.
+    """
+
+    max_worker_hours: float | None = None
+    max_cost: float | None = None
+    price_per_worker_hour: float | None = None
+    threads_per_worker: int = 1
+
+    def hours(self, thread_seconds: float) -> float:
+        return round(thread_seconds / 3600.0 / max(1, self.threads_per_worker), 6)
+
+    def cost(self, thread_seconds: float) -> float | None:
+        if self.price_per_worker_hour is None:
+            return None
+        return round(self.hours(thread_seconds) * self.price_per_worker_hour, 6)
+
+    @property
+    def limit_hours(self) -> float | None:
+        """The cap in worker-hours: the lower of the two caps (``None``: no cap)."""
+        caps = [self.max_worker_hours] if self.max_worker_hours is not None else []
+        if self.max_cost is not None and self.price_per_worker_hour:  # free workers: no cap
+            caps.append(self.max_cost / self.price_per_worker_hour)
+        return min(caps) if caps else None
+
+    @property
+    def limited(self) -> bool:
+        return self.limit_hours is not None
+
+    def reached(self, thread_seconds: float) -> bool:
+        limit = self.limit_hours
+        return limit is not None and self.hours(thread_seconds) >= limit
+
+    def describe(self) -> str:
+        """The cap, e.g. ``max_worker_hours 2`` or ``max_cost 10 (4 worker-hours at 2.5)``."""
+        parts = []
+        if self.max_worker_hours is not None:
+            parts.append(f"max_worker_hours {self.max_worker_hours:g}")
+        if self.max_cost is not None:
+            parts.append(f"max_cost {self.max_cost:g}")
+        return " and ".join(parts) or "no cap"
+
+    def describe_spent(self, thread_seconds: float) -> str:
+        cost = self.cost(thread_seconds)
+        money = f" (cost {cost:.4g})" if cost is not None else ""
+        return f"{self.hours(thread_seconds):.4g} worker-hours{money}"
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     """Retries of a storage call that could not reach storage: how many, and the waits.
 

@@ -109,6 +109,11 @@ def blocks(s: dict[str, Any]) -> list[Block]:
         d = tm["duration_s"]
         out.append(Block("time", "time per item (duration_s, seconds)", ["", *STATS],
                          [["s", *[d.get(k) for k in STATS]]]))  # fmt: skip
+    per_run = tm.get("per_run") or []
+    if len(per_run) > 1:
+        out.append(Block("time", "runs", ["started", "status", "wall s", "worker-s", "cost"],
+                         [[r["started"], r["status"], r["wall_s"], r["worker_s"], r["cost"]]
+                          for r in per_run]))  # fmt: skip
     slow = (tm.get("partitions") or {}).get("slowest") or []
     if slow:
         out.append(Block("time", "slowest partitions", ["partition", "compute s", "x median"],
@@ -156,6 +161,9 @@ def status_lines(s: dict[str, Any]) -> list[str]:
         lines.append(
             f"time       {_fmt(tm.get('wall_s'))} s wall over {tm.get('runs')} run(s),"
             f" {_fmt(tm['worker_s'])} worker-s"
+            + (f", {_fmt(tm['worker_hours'])} worker-hours" if tm.get("worker_hours") else "")
+            + (f", cost {_fmt(tm['cost'])}" if tm.get("cost") is not None else "")
+            + (f" (cap: {tm['cap']})" if tm.get("cap") else "")
         )
     if s.get("where"):
         lines.append(f"where      {s['where']} (the tables below; the counts are all items)")

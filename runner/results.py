@@ -691,8 +691,15 @@ class Analysis:
             "duration_s": self.totals.get("duration_s"),
             "partitions": partitions,
             "worker_s": manifest.get("worker_s"),
+            "worker_hours": manifest.get("worker_hours"),
+            "cost": manifest.get("cost"),
+            "cap": manifest.get("cap"),
             "wall_s": manifest.get("wall_s"),
             "runs": len(runs),
+            "per_run": [
+                {k: r.get(k) for k in ("started", "status", "wall_s", "worker_s", "cost")}
+                for r in runs
+            ],
             "quantiles": self.totals.get("quantiles"),
         }
 

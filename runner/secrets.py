@@ -41,7 +41,17 @@ MASK = "***"
 
 #: words that make a name a credential
 SECRET_PARTS = frozenset(
-    {"secret", "key", "token", "password", "passwd", "credential", "credentials", "session"}
+    {
+        "secret",
+        "key",
+        "token",
+        "password",
+        "passwd",
+        "credential",
+        "credentials",
+        "session",
+        "webhook",
+    }
 )
 
 #: a name ending in one of these words refers to a credential instead of holding it

@@ -216,6 +216,37 @@ class ClusterSpec(_Model):
         return self
 
 
+# --------------------------------------------------------------------------- after the run
+
+#: how a run can end, as ``notify.on`` names it
+NOTIFY_EVENTS = ("finished", "failed", "budget", "interrupted")
+
+
+class NotifySpec(_Model):
+    """POST the run's report as JSON to ``webhook`` when the run ends one of the ``on`` ways.
+
+    ``webhook`` is a secret (it often embeds a token): it is redacted wherever the spec is
+    written, and may be given as ``${ENV_VAR}`` to come from the environment (a Secret).
+    """
+
+    webhook: str
+    on: Annotated[
+        list[Literal["finished", "failed", "budget", "interrupted"]], Field(min_length=1)
+    ] = [
+        "finished",
+        "failed",
+        "budget",
+    ]
+    timeout: Annotated[float, Field(gt=0)] = 10.0
+
+    @field_validator("webhook")
+    @classmethod
+    def _check_webhook(cls, v: str) -> str:
+        if not re.match(r"^(https?://\S+|\$\{[A-Za-z_][A-Za-z0-9_]*\})$", v):
+            raise ValueError("use an http(s):// URL, or ${ENV_VAR} to read it from the environment")
+        return v
+
+
 # --------------------------------------------------------------------------- sweep
 
 
@@ -241,6 +272,11 @@ class SweepSpec(_Model):
     isolation: Literal["auto", "process"] = "auto"
     storage_options: dict[str, Any] = {}
     cluster: ClusterSpec = ClusterSpec()
+    # what a run may spend: worker-hours (and, priced, money); reached, it stops cleanly
+    max_worker_hours: Annotated[float, Field(gt=0)] | None = None
+    price_per_worker_hour: Annotated[float, Field(ge=0)] | None = None
+    max_cost: Annotated[float, Field(gt=0)] | None = None
+    notify: NotifySpec | None = None
     base_dir: str | None = Field(default=None, exclude=True)
 
     @field_validator("name")
@@ -283,6 +319,14 @@ class SweepSpec(_Model):
         if isinstance(data, dict) and isinstance(data.get("function"), list) and "call" not in data:
             data = {**data, "call": "command"}
         return data
+
+    @model_validator(mode="after")
+    def _check_cost(self) -> SweepSpec:
+        if self.max_cost is not None and self.price_per_worker_hour is None:
+            raise ValueError(
+                "max_cost needs price_per_worker_hour (the price of one worker for an hour)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_kube_output(self) -> SweepSpec:

@@ -637,7 +637,7 @@ def test_job_is_locked_down() -> None:
     assert spec["backoffLimit"] == 2
     assert spec["activeDeadlineSeconds"] > 0 and spec["ttlSecondsAfterFinished"] >= 0
     rules = spec["podFailurePolicy"]["rules"]
-    assert rules[0]["action"] == "FailJob" and rules[0]["onExitCodes"]["values"] == [1, 2]
+    assert rules[0]["action"] == "FailJob" and rules[0]["onExitCodes"]["values"] == [1, 2, 4]
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     assert pod["securityContext"]["runAsNonRoot"] is True

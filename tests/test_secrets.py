@@ -63,6 +63,8 @@ SECRET = [
     "account_key",
     "GITHUB_TOKEN",
     "session",
+    "webhook",  # notify.webhook: its URL often embeds a token
+    "SLACK_WEBHOOK_URL",
     "key_",  # separators at the ends are not words
     "_key",
     "__secret__",
@@ -93,6 +95,7 @@ NOT_SECRET = [
     "keyword",
     "monkey",
     "MONKEY",
+    "webhooks",
     "keyboard",
     "tokenizer",
     "passage",

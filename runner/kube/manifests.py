@@ -514,7 +514,8 @@ def container_security_context() -> dict[str, Any]:
 def pod_failure_policy() -> dict[str, Any]:
     """Do not retry what a retry cannot fix; do not count evictions against backoffLimit.
 
-    Exit 1 (failure budget exceeded) and 2 (bad input) fail the Job at once; exit 3
+    Exit 1 (failure budget exceeded), 2 (bad input) and 4 (worker-hour or cost cap
+    reached) fail the Job at once; exit 3
     (infrastructure) and signals are retried up to ``backoffLimit`` times, and every
     retry resumes: finished partitions are kept in the output.
     """
@@ -525,7 +526,7 @@ def pod_failure_policy() -> dict[str, Any]:
                 "onExitCodes": {
                     "containerName": RUNNER_CONTAINER,
                     "operator": "In",
-                    "values": [1, 2],
+                    "values": [1, 2, 4],
                 },
             },
             {

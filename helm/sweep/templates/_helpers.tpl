@@ -68,7 +68,7 @@ is "from". ("İ" lowercases to "i" plus a combining dot in Python, "i" in Go: sp
 {{- if and (not (has $last (list "name" "names" "ref" "from" "file" "path" "arn" "id"))) (not (has "from" $parts)) }}
 {{- $found := false }}
 {{- range $parts }}
-{{- if has . (list "secret" "key" "token" "password" "passwd" "credential" "credentials" "session") }}{{ $found = true }}{{ end }}
+{{- if has . (list "secret" "key" "token" "password" "passwd" "credential" "credentials" "session" "webhook") }}{{ $found = true }}{{ end }}
 {{- end }}
 {{- if $found }}true{{ end }}
 {{- end }}
