@@ -185,6 +185,14 @@ class Progress:
                 f" {len(info['running'])} running partition(s) ({running or 'none'}{more});"
                 f" {info['cancelled']} not started are cancelled. Send the signal again to stop now."
             )
+        elif event == "warning":
+            self._say(f"{self.name}: warning: {info['message']}")
+        elif event == "extend":
+            self._say(
+                f"{self.name}: extending the sweep ({info['source']}) from {info['items_from']:,}"
+                f" to {info['items_to']:,} items: the first {info['items_from']:,} are kept, only"
+                " the new ones run"
+            )
         elif event == "projection":
             cost = f" (cost {info['cost']:,.4g})" if info["cost"] is not None else ""
             hours = (
@@ -428,6 +436,7 @@ def plan(
 ) -> None:
     """Show the partitions: how many, their items, which are done, where params come from."""
     from .execute import check_inputs, check_output
+    from .extend import sobol_warning
     from .plan import Layout, todo
     from .store import Store
 
@@ -436,10 +445,11 @@ def plan(
         inputs = check_inputs(spec)
         source, n = inputs.source, inputs.n_items
         store = Store(spec.output, spec.storage_options)
-        manifest = check_output(store, spec, overwrite=False)
+        manifest, extension = check_output(store, spec, overwrite=False)
     except SweepError as e:
         raise _fail(e) from e
     layout = Layout.from_dict(manifest["layout"]) if manifest and manifest.get("layout") else None
+    warning = sobol_warning(spec)
     info: dict[str, Any] = {
         "name": spec.name,
         "items": n,
@@ -447,7 +457,10 @@ def plan(
         "output": spec.output,
         "spec_hash": spec.spec_hash(),
         "partition_size": spec.partition_size,
+        "warnings": [warning] if warning else [],
     }
+    if extension is not None:
+        info["extension"] = {"items_from": extension.old_items, "items_to": extension.new_items}
     if layout is None:
         info["layout"] = None
         info["note"] = (
@@ -467,12 +480,21 @@ def plan(
         return
     _print(f"{spec.name}: {n:,} items from {info['source']}")
     _print(f"  output {spec.output} (spec hash {info['spec_hash']})")
+    for w in info["warnings"]:
+        _print(f"  [yellow]warning[/]: {w}")
+    if extension is not None:
+        _print(
+            f"  extends the output's sweep from {extension.old_items:,} to"
+            f" {extension.new_items:,} items: only the {extension.new_items - extension.old_items:,}"
+            " new ones run, in new partitions after the existing ones"
+        )
     if layout is None:
         _print(f"  not started: {info['note']}")
     else:
         _print(
             f"  {layout.partitions:,} partitions ({layout.describe()});"
             f" {info['todo_count']:,} to run"
+            + (" (and the new items' partitions)" if extension is not None else "")
         )
         for idx, start, stop in info["todo"][:10]:
             _print(f"    part-{idx:05d}: items {start:,}..{stop - 1:,}")

@@ -52,6 +52,7 @@ from .exceptions import (
     StorageUnreachable,
     SweepError,
 )
+from .extend import Extension, extended_layout, find_extension, sobol_warning
 from .inline import InlineSlot
 from .isolate import IsolatedRun
 from .notify import send as send_notification
@@ -342,8 +343,11 @@ def check_inputs(spec: SweepSpec) -> Inputs:
     return Inputs(function, source, n_items)
 
 
-def check_output(store: Store, spec: SweepSpec, overwrite: bool) -> dict[str, Any] | None:
-    """Compare the output with the spec; return the existing manifest when it is the same sweep.
+def check_output(
+    store: Store, spec: SweepSpec, overwrite: bool
+) -> tuple[dict[str, Any] | None, Extension | None]:
+    """Compare the output with the spec: the existing manifest when it is the same sweep,
+    and the extension when the spec is that sweep with more items (:mod:`runner.extend`).
 
     Raises
     ------
@@ -353,20 +357,23 @@ def check_output(store: Store, spec: SweepSpec, overwrite: bool) -> dict[str, An
     manifest = store.read_manifest()
     if overwrite:
         store.clear()
-        return None
+        return None, None
     if manifest is None:
         if store.list_partitions():
             raise OutputConflictError(
                 f"output {store.url} holds partition files but no _manifest.json;"
                 " choose another output or pass --overwrite to replace them"
             )
-        return None
+        return None, None
     if manifest.get("spec_hash") != spec.spec_hash():
+        extension = find_extension(spec, manifest)
+        if extension is not None:
+            return manifest, extension
         raise OutputConflictError(
             f"output {store.url} holds a different sweep (spec hash {manifest.get('spec_hash')},"
             f" this spec {spec.spec_hash()}); use another output or pass --overwrite to replace it"
         )
-    return manifest
+    return manifest, None
 
 
 class SweepRun:
@@ -434,6 +441,7 @@ class SweepRun:
         self.items_done = 0
         self.stop_at: float | None = None  # drain deadline after SIGTERM/SIGINT
         self.cap_cancelled = 0  # partitions left undone at the spending cap
+        self.extension: Extension | None = None  # the spec adds items to the output's sweep
         self._stop = threading.Event()
         self.client: Any = None
         self.cluster: ClusterStart | None = None
@@ -551,10 +559,16 @@ class SweepRun:
             raise SpecError(
                 "--retry-failed keeps what the output holds; --overwrite replaces it: pick one"
             )
-        manifest = check_output(self.store, spec, self.overwrite)
+        manifest, self.extension = check_output(self.store, spec, self.overwrite)
         if self.retry:
             self._check_retry(manifest)
-        if manifest is not None and manifest.get("items") not in (None, self.n_items):
+        warning = sobol_warning(spec)
+        if warning:
+            self.emit("warning", {"message": warning})
+        if self.extension is not None:
+            assert manifest is not None
+            self._extend(manifest, self.extension)
+        elif manifest is not None and manifest.get("items") not in (None, self.n_items):
             raise OutputConflictError(
                 f"output {self.store.url} was planned for {manifest['items']} items, the source"
                 f" now has {self.n_items}; the parameters changed: use another output or --overwrite"
@@ -589,6 +603,38 @@ class SweepRun:
             batch_format=spec.batch_format,
             retry_where=self.retry_where,
         )
+
+    def _extend(self, manifest: dict[str, Any], ext: Extension) -> None:
+        """Make the manifest this spec's: more items, new partitions after the old ones.
+
+        Written by :meth:`begin` with the rest; a run stopped after that resumes as any
+        sweep (the manifest's spec hash is this spec's).
+        """
+        self.emit(
+            "extend",
+            {"source": ext.kind, "items_from": ext.old_items, "items_to": ext.new_items},
+        )
+        if manifest.get("layout"):
+            layout = Layout.from_dict(manifest["layout"])
+            done = max(1, (manifest.get("counts") or {}).get("items") or ext.old_items)
+            per_item = float(manifest.get("worker_s") or 0.0) / done or 1e-4
+            self.per_item = per_item  # an estimate: sizes, inline or not, the projection
+            explicit = self.spec.partition_size
+            manifest["layout"] = extended_layout(
+                layout,
+                ext.new_items,
+                explicit if isinstance(explicit, int) else None,
+                per_item,
+                self._make_provider().slots_hint(),
+                self._sizing(),
+            ).to_dict()
+        manifest.update(
+            spec=redact(self.spec.to_dict()),
+            spec_hash=self.spec_hash,
+            source=self.source.describe(),
+            items=ext.new_items,
+        )
+        manifest.setdefault("history", []).append(ext.record())
 
     def _check_retry(self, manifest: dict[str, Any] | None) -> None:
         """A retry needs a sweep in the output (and a filter that fits its columns)."""
@@ -751,12 +797,7 @@ class SweepRun:
                 for run in fill([gap], [(explicit, gap[1] // explicit), (gap[1] % explicit, 1)])
             ]
         else:
-            sizing = PartitionSizing(
-                target_seconds=config.get("partition.target-seconds"),
-                min_seconds=config.get("partition.min-seconds"),
-                tail_factor=config.get("partition.tail-factor"),
-                max_items=config.get("partition.max-items"),
-            )
+            sizing = self._sizing()
             rest = sum(g for _, g in gaps)
             slots = self.provider.slots_hint()
             runs = fill(gaps, sizing.sizes(rest, per_item, slots)) if rest else []
@@ -1268,6 +1309,14 @@ class SweepRun:
         if pending:
             with contextlib.suppress(Exception):
                 self.client.cancel(pending, force=True)
+
+    def _sizing(self) -> PartitionSizing:
+        return PartitionSizing(
+            target_seconds=config.get("partition.target-seconds"),
+            min_seconds=config.get("partition.min-seconds"),
+            tail_factor=config.get("partition.tail-factor"),
+            max_items=config.get("partition.max-items"),
+        )
 
     def _spent_s(self) -> float:
         """Busy worker-thread seconds of the sweep so far: earlier runs' and this run's."""

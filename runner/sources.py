@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,7 +161,7 @@ def _draw(rng: np.random.Generator, dist: str, arg: Any, size: int) -> np.ndarra
 
 @dataclass(frozen=True)
 class QMCSourceImpl(Source):
-    method: str  # "lhs" | "sobol"
+    method: str  # "lhs" | "sobol" | "halton"
     n: int
     seed: int
     bounds: dict[str, tuple[float, float]]
@@ -188,11 +189,15 @@ class QMCSourceImpl(Source):
         d = len(self.bounds)
         lo = [b[0] for b in self.bounds.values()]
         hi = [b[1] for b in self.bounds.values()]
-        if self.method == "sobol":
-            engine = qmc.Sobol(d, scramble=self.scramble, seed=self.seed)
+        if self.method in ("sobol", "halton"):  # sequences: item i is the i-th point
+            engine = (qmc.Sobol if self.method == "sobol" else qmc.Halton)(
+                d, scramble=self.scramble, seed=self.seed
+            )
             if start:
                 engine.fast_forward(start)
-            unit = engine.random(stop - start)
+            with warnings.catch_warnings():  # n not a power of two: the runner says it once
+                warnings.filterwarnings("ignore", "The balance properties", UserWarning)
+                unit = engine.random(stop - start)
         else:
             # A Latin hypercube is a property of all n points together: build it once
             # per worker process and slice.
@@ -465,6 +470,8 @@ def make_source(
         source = QMCSourceImpl.from_spec("lhs", params.lhs, seed)
     elif params.sobol is not None:
         source = QMCSourceImpl.from_spec("sobol", params.sobol, seed)
+    elif params.halton is not None:
+        source = QMCSourceImpl.from_spec("halton", params.halton, seed)
     else:
         assert params.dataset is not None
         source = open_dataset(params.dataset, storage_options or {})

@@ -135,6 +135,7 @@ class ParamsSpec(_Model):
     random: RandomSource | None = None
     lhs: QMCSource | None = None
     sobol: QMCSource | None = None
+    halton: QMCSource | None = None
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -146,7 +147,7 @@ class ParamsSpec(_Model):
         given = [k for k in type(self).model_fields if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
-                "give exactly one parameter source of dataset, grid, random, lhs, sobol"
+                "give exactly one parameter source of dataset, grid, random, lhs, sobol, halton"
                 f" (got {', '.join(given) or 'none'})"
             )
         return self

@@ -125,7 +125,7 @@ CASES = [
     Case("no-bucket", "names no bucket", {"output": "s3://"}),
     # --- parameter sources
     Case("no-source", "params: give exactly one parameter source", {"params": {}}),
-    Case("two-sources", "params: give exactly one parameter source of dataset, grid, random, lhs, sobol (got grid, random)",
+    Case("two-sources", "params: give exactly one parameter source of dataset, grid, random, lhs, sobol, halton (got grid, random)",
          {"params": {"grid": GRID, "random": {"n": 3, "columns": {"x": {"uniform": [0, 1]}}}}}),
     Case("empty-axis", "params.grid.a: List should have at least 1 item",
          {"params": {"grid": {"a": [], "b": [1]}}}),
