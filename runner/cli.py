@@ -461,6 +461,15 @@ def plan(
     }
     if extension is not None:
         info["extension"] = {"items_from": extension.old_items, "items_to": extension.new_items}
+    if spec.cache is not None:
+        from .cache import preview, sweep_cache
+
+        try:
+            cache = sweep_cache(spec, inputs.function, source.columns)
+            assert cache is not None
+            info["cache"] = {"url": spec.cache, **preview(cache, source, spec.seed, n)}
+        except SweepError as e:
+            raise _fail(e) from e
     if layout is None:
         info["layout"] = None
         info["note"] = (
@@ -480,6 +489,11 @@ def plan(
         return
     _print(f"{spec.name}: {n:,} items from {info['source']}")
     _print(f"  output {spec.output} (spec hash {info['spec_hash']})")
+    if "cache" in info:
+        c = info["cache"]
+        about = "" if c["checked"] == n else f" (of the first {c['checked']:,})"
+        why = f": {c['why']}" if c["why"] else ""
+        _print(f"  cache {c['url']}: {c['hits']:,} items hit{about}{why}")
     for w in info["warnings"]:
         _print(f"  [yellow]warning[/]: {w}")
     if extension is not None:

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import __version__, config
+from .cache import ItemCache, result_part, sweep_cache
 from .calls import Command, check_call, result_columns, run_items
 from .clusters.base import ClusterStart
 from .exceptions import (
@@ -65,6 +66,7 @@ from .spec import SweepSpec, resolve_function
 from .store import (
     ITEM,
     ITEM_ERROR,
+    ITEM_OK,
     MANIFEST,
     PartitionCounts,
     Store,
@@ -95,6 +97,7 @@ class TaskContext:
     result_schema: bytes | None = None
     batch_format: str = "numpy"
     retry_where: str | None = None  # a retry's filter on the failed rows (SQL)
+    cache: ItemCache | None = None  # results reused across sweeps (runner.cache)
     _fn: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -160,6 +163,7 @@ class PartitionReport:
     deaths: int = 0  # child processes that died running its items
     inline: bool = False  # run by the runner itself (in its child process), not on the cluster
     retried: int = 0  # failed items it ran again (a retry: the counts are the whole partition's)
+    cached: int = 0  # items whose results came from the cache
 
     @property
     def items(self) -> int:
@@ -203,6 +207,19 @@ def run_partition(
         rows = retry_rows(old, ctx.retry_where)
         positions = old.column(ITEM).to_numpy()[rows] - desc.start
         params, items = params.take(pa.array(positions)), items[positions]
+    # the cache: items computed before (by any sweep) are taken from it, the rest run
+    # (not in a retry: errors are never cached)
+    cache = ctx.cache if old is None else None
+    hits: pa.Table | None = None
+    if cache is not None:
+        keys = cache.keys(params, items, ctx.seed)
+        found, cached = cache.lookup(*keys)
+        if len(found):
+            hits = _cached_rows(params.take(pa.array(found)), items[found], cached, ctx.schema())
+            miss = np.ones(len(items), dtype=bool)
+            miss[found] = False
+            keys = (keys[0][miss], keys[1][miss])
+            params, items = params.filter(pa.array(miss)), items[miss]
     isolated = isolated or ctx.always_isolated
     if isolated or isolated_run is not None:
         runner = isolated_run or ctx.isolated_run()
@@ -217,15 +234,30 @@ def run_partition(
         )
         loop_s = time.perf_counter() - t_loop
     n = res.n
-    if n < params.num_rows:
+    if n < params.num_rows:  # a probe that stopped early: the partition ends there
+        if hits is not None:
+            hits = hits.filter(pc.less(hits.column(ITEM), int(items[n])))
         params, items = params.slice(0, n), items[:n]
+        if cache is not None:
+            keys = (keys[0][:n], keys[1][:n])
     results = result_columns(res, params.column_names, ctx.schema())
     attempts = np.ones(n, dtype=np.int32)
     if res.attempts:
         attempts[list(res.attempts)] = list(res.attempts.values())
     table = partition_table(params, items, results, res.errors, attempts, res.durations)
+    n_cached = 0
+    if cache is not None:
+        ok = pc.equal(table.column("status"), ITEM_OK)
+        done = ok.to_numpy(zero_copy_only=False)
+        cache.put(keys[0][done], keys[1][done], result_part(table.filter(ok), params.column_names))
+        if hits is not None:
+            n_cached = hits.num_rows
+            table = pa.concat_tables(
+                [table, hits.select(table.column_names)], promote_options="permissive"
+            ).sort_by(ITEM)
+            n = table.num_rows
     t1 = time.perf_counter()
-    meta: dict[str, Any] = {"compute_s": round(t1 - t0, 4)}
+    meta: dict[str, Any] = {"compute_s": round(t1 - t0, 4), "cached": n_cached}
     retried = 0
     if old is not None:
         before = footer_meta(old.schema)
@@ -238,7 +270,7 @@ def run_partition(
             "retried": int(before.get("retried", 0)) + retried,
         }
     else:
-        errors = len(res.errors)
+        errors = len(res.errors)  # cached rows are never errors
     stop = desc.start + n
     meta.update(
         index=desc.index, start=desc.start, stop=stop, ok=n - errors, errors=errors,
@@ -251,8 +283,25 @@ def run_partition(
         schema = schema_to_bytes(result_schema(table, params.column_names))
     return PartitionReport(
         desc.index, desc.start, stop, n - errors, errors, t1 - t0, t2 - t1, nbytes, schema,
-        loop_s, isolated, res.deaths, isolated_run is not None, retried,
+        loop_s, isolated, res.deaths, isolated_run is not None, retried, n_cached,
     )  # fmt: skip
+
+
+def _cached_rows(
+    params: pa.Table, items: np.ndarray, cached: pa.Table | None, schema: pa.Schema | None
+) -> pa.Table:
+    """Rows whose results come from the cache: ``attempts`` 0 (nothing ran), ``duration_s`` 0."""
+    assert cached is not None
+    if schema is not None:
+        cached = pa.table(
+            {f.name: cached.column(f.name).cast(f.type) if f.name in cached.column_names
+             else pa.nulls(cached.num_rows, f.type) for f in schema}
+        )  # fmt: skip
+    n = len(items)
+    results = {c: cached.column(c) for c in cached.column_names}
+    return partition_table(
+        params, items, results, {}, np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.float64)
+    )
 
 
 def _context(ctx: TaskContext) -> TaskContext:
@@ -294,6 +343,7 @@ class SweepReport:
     inline_partitions: int = 0  # run by the runner itself: no cluster was needed for them
     items_retried: int = 0  # failed items run again (--retry-failed)
     items_fixed: int = 0  # ... of which now succeed
+    items_cached: int = 0  # items whose results came from the cache (not run)
     worker_hours: float = 0.0  # the sweep's, all runs (busy worker time; see SpendCap)
     cost: float | None = None  # worker_hours x price_per_worker_hour, when priced
     peak_rss_mb: float = 0.0  # the runner process's own peak memory
@@ -602,6 +652,7 @@ class SweepRun:
             result_schema=_b64decode(self.manifest.get("result_schema")),
             batch_format=spec.batch_format,
             retry_where=self.retry_where,
+            cache=sweep_cache(spec, inputs.function, inputs.source.columns),
         )
 
     def _extend(self, manifest: dict[str, Any], ext: Extension) -> None:
@@ -996,6 +1047,9 @@ class SweepRun:
             self.retrying[i] - r.errors for i, r in self.reports.items() if i in self.retrying
         )
         isolated = sorted(i for i, r in self.reports.items() if r.isolated)
+        cached = sum(r.cached for r in self.reports.values())
+        if self.ctx.cache is not None and any(r.ok > r.cached for r in self.reports.values()):
+            self._compact_cache()
         self.run_record.update(
             finished=_now(),
             status=self.status,
@@ -1009,6 +1063,7 @@ class SweepRun:
             item_process_deaths=sum(r.deaths for r in self.reports.values()),
             worker_losses=sum(self.worker_losses.values()),
             preempted_partitions=len(self.preempted),
+            items_cached=cached,
         )
         if self.retry:
             self.run_record["retry"] = {
@@ -1063,6 +1118,7 @@ class SweepRun:
             inline_partitions=sum(r.inline for r in self.reports.values()),
             items_retried=retried,
             items_fixed=fixed,
+            items_cached=cached,
             worker_hours=self.cap.hours(self.prior_worker_s + worker_s),
             cost=self.cap.cost(self.prior_worker_s + worker_s),
             peak_rss_mb=peak_rss_mb(),
@@ -1309,6 +1365,16 @@ class SweepRun:
         if pending:
             with contextlib.suppress(Exception):
                 self.client.cancel(pending, force=True)
+
+    def _compact_cache(self) -> None:
+        """Merge the cache's small files (this run added some); a failure costs only speed."""
+        assert self.ctx.cache is not None
+        try:
+            merged = self.ctx.cache.compact()
+        except Exception as e:  # the cache is an optimisation: never fail the sweep for it
+            self.emit("warning", {"message": f"cache {self.ctx.cache.url}: not compacted ({e})"})
+            return
+        self.emit("cache", {"compacted": merged})
 
     def _sizing(self) -> PartitionSizing:
         return PartitionSizing(

@@ -278,6 +278,8 @@ class SweepSpec(_Model):
     price_per_worker_hour: Annotated[float, Field(ge=0)] | None = None
     max_cost: Annotated[float, Field(gt=0)] | None = None
     notify: NotifySpec | None = None
+    # results reused across sweeps (runner.cache): a URL; not part of the sweep's identity
+    cache: str | None = None
     base_dir: str | None = Field(default=None, exclude=True)
 
     @field_validator("name")
@@ -294,6 +296,11 @@ class SweepSpec(_Model):
     @classmethod
     def _check_output(cls, v: str) -> str:
         return _check_url_text(v).rstrip("/") or "/"
+
+    @field_validator("cache")
+    @classmethod
+    def _check_cache(cls, v: str | None) -> str | None:
+        return None if v is None else _check_url_text(v).rstrip("/") or "/"
 
     @field_validator("max_failures", mode="before")
     @classmethod

@@ -1,0 +1,322 @@
+"""Reuse results across sweeps: a content-addressed cache of items' results.
+
+An item's key is a 128-bit hash of what decides its result: the function's identity
+(its reference; for a live function or a ``file.py`` its code too; a command's argv),
+the call style, the item's parameter values (by name) and, when the function takes a
+seed, the item's derived seed. Keys are computed per partition with NumPy, never per
+item in Python. Only successful results are cached.
+
+Layout under ``cache:`` (a Parquet dataset bucketed by key hash)::
+
+    <cache>/<function key>/_function.json         what the function key stands for
+    <cache>/<function key>/b=<NN>/<uuid>.parquet  key_hi, key_lo, the result columns
+
+A partition task hashes its items, reads the files of the buckets its keys fall in,
+joins, runs only the misses and writes the new results into one new file per bucket
+(each written atomically, under a fresh name). :func:`compact` merges each bucket's
+files into one, writing the merged file before deleting what it merged: a reader that
+finds a file gone treats its entries as misses, and two compactions at once only leave
+duplicates (the same key has the same result), dropped when read. Concurrent sweeps
+never corrupt the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .calls import Command, item_seeds, seed_kind
+from .spec import SweepSpec, function_code_hash
+from .store import OUTPUT_COLUMNS, Store
+
+BUCKETS = 64
+KEYS = ("key_hi", "key_lo")
+FUNCTION_FILE = "_function.json"
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, vectorised (uint64 in, uint64 out)."""
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+        return z ^ (z >> np.uint64(31))
+
+
+def _text_hash(text: str, salt: int) -> np.uint64:
+    digest = hashlib.blake2b(text.encode(), digest_size=8, salt=salt.to_bytes(8, "little"))
+    return np.uint64(int.from_bytes(digest.digest(), "little"))
+
+
+def _column_words(arr: pa.Array | pa.ChunkedArray, salt: int) -> np.ndarray:
+    """One uint64 per value, equal for equal values (floats: -0.0 is 0.0, NaNs are one)."""
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    t = arr.type
+    nulls = arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else None
+    if pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t):
+        values = np.asarray(arr.cast(pa.float64()).fill_null(0).to_numpy(zero_copy_only=False))
+        values = np.where(values == 0, 0.0, values)  # -0.0
+        values = np.where(np.isnan(values), np.nan, values)
+        words = values.astype(np.float64).view(np.uint64).copy()
+    else:  # strings and the rest: hash each distinct value once
+        enc = pc.dictionary_encode(arr.cast(pa.string()) if not pa.types.is_string(t) else arr)
+        table = np.array(
+            [_text_hash(str(v), salt) for v in enc.dictionary.to_pylist()] or [0], dtype=np.uint64
+        )
+        words = table[enc.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)]
+    if nulls is not None:
+        words = np.where(nulls, np.uint64(0xA5A5A5A5A5A5A5A5), words)
+    return words
+
+
+@dataclass(frozen=True)
+class ItemCache:
+    """One sweep's view of a cache: where it is and the key of its function."""
+
+    url: str
+    function_key: str  # hex: the function's identity, call style, seed use
+    seeded: bool  # the derived seed is part of an item's key
+    identity: dict[str, Any] = field(default_factory=dict)  # what function_key stands for
+    storage_options: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def for_sweep(
+        cls, url: str, identity: dict[str, Any], seeded: bool, storage_options: dict[str, Any]
+    ) -> ItemCache:
+        ident = {**identity, "seeded": seeded, "format": 1}
+        key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+        return cls(url.rstrip("/"), key[:24], seeded, ident, tuple(sorted(storage_options.items())))
+
+    @property
+    def store(self) -> Store:
+        return Store(f"{self.url}/{self.function_key}", dict(self.storage_options))
+
+    # ------------------------------------------------------------------ keys
+
+    def keys(self, params: pa.Table, items: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's 128-bit key as two uint64 arrays."""
+        n = params.num_rows
+        salt = int(self.function_key[:15], 16)
+        hi = np.full(n, np.uint64(salt), dtype=np.uint64)
+        lo = np.full(n, np.uint64(salt) ^ _GOLDEN, dtype=np.uint64)
+        columns = sorted(params.column_names)
+        words = [(name, _column_words(params.column(name), 7)) for name in columns]
+        if self.seeded:
+            words.append(("\0seed", item_seeds(seed, items).astype(np.uint64)))
+        with np.errstate(over="ignore"):
+            for name, w in words:
+                tag = _text_hash(name, 11)
+                hi = _mix(hi ^ _mix(w ^ tag))
+                lo = _mix((lo + _GOLDEN) ^ _mix(w + tag * _GOLDEN))
+        return hi, lo
+
+    @staticmethod
+    def bucket(hi: np.ndarray) -> np.ndarray:
+        return (hi >> np.uint64(58)).astype(np.int64) % BUCKETS
+
+    # ------------------------------------------------------------------ read
+
+    def _files(self, buckets: Iterable[int] | None = None) -> dict[int, list[str]]:
+        """The cache's files by bucket (one listing)."""
+        store = self.store
+        try:
+            store.fs.invalidate_cache()  # other sweeps write here: a fresh listing
+            found = store.fs.find(store.root)
+        except FileNotFoundError:
+            return {}
+        wanted = None if buckets is None else set(buckets)
+        out: dict[int, list[str]] = {}
+        for path in found:
+            parts = path.rstrip("/").split("/")
+            name = parts[-1]
+            if len(parts) < 2 or not parts[-2].startswith("b=") or not name.endswith(".parquet"):
+                continue
+            if name.startswith("."):  # a write in progress (store.TMP_PREFIX)
+                continue
+            b = int(parts[-2][2:])
+            if wanted is None or b in wanted:
+                out.setdefault(b, []).append(path)
+        return out
+
+    def _read(self, paths: Iterable[str]) -> pa.Table | None:
+        """The entries of these files (a file gone since the listing: its entries missed)."""
+        import pyarrow.parquet as pq  # lazy, as store.read_footer
+
+        store = self.store
+        tables = []
+        for p in paths:
+            try:
+                with store.fs.open(p, "rb") as fh:
+                    tables.append(pq.read_table(fh))
+            except FileNotFoundError:
+                continue
+        if not tables:
+            return None
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    def lookup(self, hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, pa.Table | None]:
+        """Rows found and their cached results: ``(row positions, results table)``."""
+        if not len(hi):
+            return np.zeros(0, dtype=np.int64), None
+        files = self._files(np.unique(self.bucket(hi)).tolist())
+        found = self._read(p for ps in files.values() for p in ps)
+        if found is None or not found.num_rows:
+            return np.zeros(0, dtype=np.int64), None
+        want = pa.table({"key_hi": hi, "key_lo": lo, "__row": np.arange(len(hi), dtype=np.int64)})
+        found = found.group_by(list(KEYS), use_threads=False).aggregate(
+            [(c, "first") for c in found.column_names if c not in KEYS]
+        )
+        found = found.rename_columns(
+            [c[: -len("_first")] if c.endswith("_first") else c for c in found.column_names]
+        )
+        joined = want.join(found, keys=list(KEYS), join_type="inner").sort_by("__row")
+        rows = joined.column("__row").to_numpy()
+        return rows, joined.drop_columns([*KEYS, "__row"])
+
+    # ------------------------------------------------------------------ write
+
+    def put(self, hi: np.ndarray, lo: np.ndarray, results: pa.Table) -> int:
+        """Add these entries (one new file per bucket they fall in); returns how many."""
+        import pyarrow.parquet as pq  # lazy, as store.read_footer
+
+        if not len(hi):
+            return 0
+        store = self.store
+        if not store.exists(FUNCTION_FILE):
+            store.write_bytes(FUNCTION_FILE, json.dumps(self.identity, indent=1).encode())
+        table = pa.table({"key_hi": hi, "key_lo": lo}).append_column(
+            "__bucket", pa.array(self.bucket(hi))
+        )
+        for name in results.column_names:
+            table = table.append_column(name, results.column(name))
+        table = table.sort_by("__bucket")
+        buckets = table.column("__bucket").to_numpy()
+        edges = np.flatnonzero(np.diff(buckets)) + 1
+        for a, b in zip(np.r_[0, edges], np.r_[edges, len(buckets)], strict=True):
+            part = table.slice(int(a), int(b - a)).drop_columns(["__bucket"])
+            sink = io.BytesIO()
+            pq.write_table(part, sink, compression="zstd", compression_level=1)
+            store.write_bytes(
+                f"b={int(buckets[a]):02d}/{uuid.uuid4().hex}.parquet", sink.getvalue()
+            )
+        return len(hi)
+
+    def compact(self, min_files: int = 2) -> int:
+        """Merge each bucket's files into one; returns how many files were merged away."""
+        import pyarrow.parquet as pq  # lazy, as store.read_footer
+
+        store = self.store
+        merged = 0
+        for b, paths in self._files().items():
+            if len(paths) < min_files:
+                continue
+            table = self._read(paths)
+            if table is None:
+                continue
+            table = table.group_by(list(KEYS), use_threads=False).aggregate(
+                [(c, "first") for c in table.column_names if c not in KEYS]
+            )
+            table = table.rename_columns(
+                [c[: -len("_first")] if c.endswith("_first") else c for c in table.column_names]
+            )
+            sink = io.BytesIO()
+            pq.write_table(table, sink, compression="zstd", compression_level=1)
+            store.write_bytes(f"b={b:02d}/{uuid.uuid4().hex}.parquet", sink.getvalue())
+            for p in paths:  # only after the merged file is whole
+                try:
+                    store.fs.rm(p)
+                    merged += 1
+                except FileNotFoundError:
+                    pass  # another compaction got there first
+        return merged
+
+
+def sweep_cache(spec: SweepSpec, function: Any, columns: list[str]) -> ItemCache | None:
+    """The spec's cache, keyed by what decides an item's result: not the sweep's name,
+    output, partitioning or seed (an item's derived seed counts if the function takes it).
+
+    ``function`` is the resolved callable (or :class:`~runner.calls.Command`).
+    """
+    if spec.cache is None:
+        return None
+    if isinstance(function, Command):
+        seeded = any("{seed}" in a for a in function.argv)
+    else:
+        seeded = seed_kind(function, columns) is not None
+    identity = {
+        k: v for k, v in spec.identity().items() if k not in ("params", "seed", "partition_size")
+    }
+    is_file = str(spec.function).split(":", 1)[0].endswith(".py")  # a file: its code counts
+    if "code" not in identity and is_file and not isinstance(function, Command):
+        identity["code"] = function_code_hash(function)
+    return ItemCache.for_sweep(spec.cache, identity, seeded, spec.storage_options)
+
+
+def result_part(table: pa.Table, param_names: Iterable[str]) -> pa.Table:
+    """The result columns of a partition table (what the cache keeps of an item)."""
+    skip = set(param_names) | set(OUTPUT_COLUMNS)
+    return table.select([c for c in table.column_names if c not in skip])
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def preview(
+    cache: ItemCache, source: Any, seed: int, n: int, limit: int = 1_000_000
+) -> dict[str, Any]:
+    """How many of the first ``limit`` items hit the cache, and when none does, why.
+
+    Returns ``{"checked", "hits", "why"}``.
+    """
+    checked = min(n, limit)
+    hits = 0
+    step = 100_000
+    for start in range(0, checked, step):
+        stop = min(start + step, checked)
+        items = np.arange(start, stop, dtype=np.int64)
+        rows, _ = cache.lookup(*cache.keys(source.materialise(start, stop), items, seed))
+        hits += len(rows)
+    why = None if hits else _why_not(cache)
+    return {"checked": checked, "hits": hits, "why": why}
+
+
+def _why_not(cache: ItemCache) -> str:
+    """Why no item hit: what the cache holds for other versions of this function."""
+    root = Store(cache.url, dict(cache.storage_options))
+    try:
+        metas = root.fs.glob(f"{root.root}/*/{FUNCTION_FILE}")
+    except FileNotFoundError:
+        metas = []
+    others = []
+    for path in metas:
+        try:
+            with root.fs.open(path, "rb") as fh:
+                others.append(json.loads(fh.read()))
+        except (FileNotFoundError, ValueError):
+            continue
+    mine = cache.identity
+    if not others:
+        return "the cache is empty"
+    same_ref = [o for o in others if o.get("function") == mine.get("function")]
+    if not same_ref:
+        return "the cache holds no results of this function"
+    if all(o.get("code") != mine.get("code") for o in same_ref):
+        return "the function's code changed since its results were cached"
+    if all(o.get("call") != mine.get("call") for o in same_ref):
+        return "the cached results were computed with another call style"
+    if mine.get("seeded"):
+        return (
+            "the function takes a seed: an item hits only with the same seed and item number"
+            " (a different seed, or items numbered otherwise)"
+        )
+    return "no item's parameter values were computed before"

@@ -1,0 +1,152 @@
+"""``cache:``: results reused across sweeps, keyed by the function, call style, parameter
+values and (for a seeded function) the derived seed; concurrent sweeps writing one cache
+never corrupt it; ``sweep plan`` says what hits and, when nothing does, why."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+import runner
+from runner.execute import run_sweep
+from runner.spec import build_spec
+from tests.clitools import SWEEP, sweep
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _spec(out, cache, grid, **fields) -> dict:
+    return {
+        "name": "cached",
+        "function": "tests.funcs:add",
+        "params": {"grid": grid},
+        "partition_size": 7,
+        "output": str(out),
+        "cache": str(cache),
+        **fields,
+    }
+
+
+def _table(url) -> pd.DataFrame:
+    return runner.load_results(str(url)).set_index("item")
+
+
+def _check_reuse(client, root, cache) -> None:
+    grid = {"a": list(range(10)), "b": [0.0, 0.5]}
+    first = run_sweep(build_spec(_spec(f"{root}/one", cache, grid)), client=client)
+    assert first.items_cached == 0
+    # another sweep (another output, name, partitioning) whose grid changed an axis:
+    # the points it shares with the first are not computed again
+    grid2 = {"a": list(range(10)), "b": [0.0, 0.25, 0.5]}
+    second = run_sweep(
+        build_spec(_spec(f"{root}/two", cache, grid2, name="other", partition_size=4)),
+        client=client,
+    )
+    t = _table(f"{root}/two")
+    shared = t["b"] != 0.25
+    assert second.items_cached == 20 == int((t["attempts"] == 0).sum())
+    assert (t.loc[shared, "attempts"] == 0).all() and (t.loc[~shared, "attempts"] == 1).all()
+    assert (t["result"] == t["a"] + t["b"]).all() and (t["status"] == "ok").all()
+    assert (t.loc[shared, "duration_s"] == 0).all()
+    # another function: nothing hits
+    third = run_sweep(
+        build_spec(_spec(f"{root}/three", cache, grid, function="tests.funcs:numpy_scalar")),
+        client=client,
+    )
+    assert third.items_cached == 0
+
+
+def test_results_are_reused_across_sweeps(client, tmp_path):
+    _check_reuse(client, tmp_path, tmp_path / "cache")
+
+
+def test_the_cache_on_s3(client, s3):
+    _check_reuse(client, s3, f"{s3}/sweep-cache")
+
+
+def test_a_seeded_function_hits_with_the_same_seed_only(client, tmp_path, cli_env):
+    cache = tmp_path / "cache"
+    grid = {"a": list(range(12))}
+    fields = {"function": "tests.funcs:with_seed", "seed": 1}
+    run_sweep(build_spec(_spec(tmp_path / "one", cache, grid, **fields)), client=client)
+    same = run_sweep(build_spec(_spec(tmp_path / "two", cache, grid, **fields)), client=client)
+    assert same.items_cached == 12
+    pd.testing.assert_frame_equal(
+        _table(tmp_path / "two")[["a", "result"]], _table(tmp_path / "one")[["a", "result"]]
+    )
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(_spec(tmp_path / "three", cache, grid, **{**fields, "seed": 2})))
+    r = sweep("plan", spec, env=cli_env)
+    assert r.returncode == 0 and "0 items hit" in r.stdout and "takes a seed" in r.stdout
+    other = build_spec(_spec(tmp_path / "three", cache, grid, **{**fields, "seed": 2}))
+    assert run_sweep(other, client=client).items_cached == 0  # other seeds: other results
+
+
+def test_plan_says_why_nothing_hits(cli_env, tmp_path):
+    cache, spec = tmp_path / "cache", tmp_path / "spec.yaml"
+    func = tmp_path / "model.py"
+    func.write_text("def f(a, b):\n    return a * b\n")
+    fields = _spec(tmp_path / "one", cache, {"a": [1, 2, 3], "b": [1.0]}, function="model.py:f")
+    spec.write_text(yaml.safe_dump(fields))
+    r = sweep("plan", spec, env=cli_env)
+    assert "0 items hit" in r.stdout and "the cache is empty" in r.stdout
+    assert sweep("run", spec, "-q", env=cli_env).returncode == 0
+    spec.write_text(yaml.safe_dump({**fields, "output": str(tmp_path / "two")}))
+    r = sweep("plan", spec, env=cli_env)
+    assert "cache " in r.stdout and ": 3 items hit" in r.stdout, r.stdout
+    func.write_text("def f(a, b):\n    return a * b + 1  # fixed\n")
+    r = sweep("plan", spec, env=cli_env)
+    assert "0 items hit" in r.stdout and "the function's code changed" in r.stdout, r.stdout
+    r = sweep("run", spec, "--json", env=cli_env)
+    assert r.returncode == 0 and '"items_cached": 0' in r.stdout
+    assert (_table(tmp_path / "two")["result"] == [2.0, 3.0, 4.0]).all()
+
+
+@pytest.mark.slow
+def test_concurrent_sweeps_share_one_cache(cli_env, tmp_path):
+    """Two sweeps at once write overlapping items into one cache (and compact it as they
+    end); afterwards every file reads, and a third sweep finds every item."""
+    cache = tmp_path / "cache"
+    specs = []
+    for k, a in enumerate([list(range(0, 60)), list(range(30, 90))]):
+        path = tmp_path / f"spec{k}.yaml"
+        path.write_text(yaml.safe_dump(_spec(tmp_path / f"out{k}", cache, {"a": a, "b": [0.0, 1.0]},
+                                             partition_size=6)))  # fmt: skip
+        specs.append(path)
+    procs = [
+        subprocess.Popen([SWEEP, "run", str(p), "-q"], env=cli_env, cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for p in specs
+    ]  # fmt: skip
+    for p in procs:
+        _, err = p.communicate(timeout=150)
+        assert p.returncode == 0, err
+    files = list(cache.rglob("*.parquet"))
+    assert files and all(pq.read_table(f).num_rows > 0 for f in files)  # none torn
+    assert not [f for f in cache.rglob(".tmp-*")]
+    whole = tmp_path / "spec-all.yaml"
+    whole.write_text(yaml.safe_dump(_spec(tmp_path / "all", cache, {"a": list(range(90)),
+                                                                   "b": [0.0, 1.0]})))  # fmt: skip
+    r = sweep("run", whole, "--json", env=cli_env)
+    assert r.returncode == 0 and '"items_cached": 180' in r.stdout, r.stdout
+    t = _table(tmp_path / "all")
+    assert (t["result"] == t["a"] + t["b"]).all() and (t["attempts"] == 0).all()
+
+
+def test_a_cache_hit_is_a_real_hit_not_a_recompute(client, tmp_path):
+    """The cached value is what is written (a function whose result changes per process
+    would otherwise show it)."""
+    cache = tmp_path / "cache"
+    grid = {"a": list(range(6)), "b": [0.0]}
+    run_sweep(build_spec(_spec(tmp_path / "one", cache, grid, function="tests.funcs:pid_after_sleep")),
+              client=client)  # fmt: skip
+    run_sweep(build_spec(_spec(tmp_path / "two", cache, grid, function="tests.funcs:pid_after_sleep")),
+              client=client)  # fmt: skip
+    one, two = _table(tmp_path / "one"), _table(tmp_path / "two")
+    pd.testing.assert_series_equal(one["result"], two["result"])
+    assert (two["attempts"] == 0).all()
