@@ -11,7 +11,7 @@ BENCHSTAMP := $(VENV)/.installed-bench
 help:
 	@echo "make demo   - install and run examples/montecarlo.yaml on a local Dask cluster"
 	@echo "make test   - install test extras and run the whole suite (what CI runs)"
-	@echo "make bench  - every contender side by side on workloads W1-W7 (bench/README.md; ~15 min)"
+	@echo "make bench  - every contender side by side on workloads W1-W8 (bench/README.md; ~15 min)"
 	@echo "make bench-quick - the same at small N, about a minute"
 	@echo "make image  - build the runner image with docker or podman (PYTHON_IMAGE=... for another base)"
 	@echo "make image-test - build it and run it as the pods do (podman; part of make test when installed)"
@@ -78,10 +78,12 @@ format: $(TESTSTAMP)
 bench: $(BENCHSTAMP)
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.results_scale
+	$(BIN)/python -m bench.cache_cost
 
 bench-quick: $(BENCHSTAMP)
 	$(BIN)/python -m bench --quick
 	$(BIN)/python -m bench.results_scale --items 1e6 --repeat 1 --results /tmp/results_scale.json
+	$(BIN)/python -m bench.cache_cost --items 1e5 --repeat 1 --results /tmp/cache_cost.json
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 

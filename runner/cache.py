@@ -38,7 +38,8 @@ from .calls import Command, item_seeds, seed_kind
 from .spec import SweepSpec, function_code_hash
 from .store import OUTPUT_COLUMNS, Store
 
-BUCKETS = 64
+BUCKET_BITS = 4
+BUCKETS = 1 << BUCKET_BITS  # a key's bucket: its top bits (so key order is bucket order)
 KEYS = ("key_hi", "key_lo")
 FUNCTION_FILE = "_function.json"
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -93,7 +94,7 @@ class ItemCache:
     def for_sweep(
         cls, url: str, identity: dict[str, Any], seeded: bool, storage_options: dict[str, Any]
     ) -> ItemCache:
-        ident = {**identity, "seeded": seeded, "format": 1}
+        ident = {**identity, "seeded": seeded, "format": 2}
         key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
         return cls(url.rstrip("/"), key[:24], seeded, ident, tuple(sorted(storage_options.items())))
 
@@ -122,7 +123,7 @@ class ItemCache:
 
     @staticmethod
     def bucket(hi: np.ndarray) -> np.ndarray:
-        return (hi >> np.uint64(58)).astype(np.int64) % BUCKETS
+        return (hi >> np.uint64(64 - BUCKET_BITS)).astype(np.int64)
 
     # ------------------------------------------------------------------ read
 
@@ -165,23 +166,43 @@ class ItemCache:
         return pa.concat_tables(tables, promote_options="permissive")
 
     def lookup(self, hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, pa.Table | None]:
-        """Rows found and their cached results: ``(row positions, results table)``."""
+        """Rows found and their cached results: ``(row positions, results table)``.
+
+        Every cache file is sorted by key and holds each key once (:meth:`put`,
+        :meth:`compact`), so each is searched, not joined: the cost is reading the files of
+        the buckets the keys fall in, plus ``O(rows log entries)``.
+        """
+        none = np.zeros(0, dtype=np.int64), None
         if not len(hi):
-            return np.zeros(0, dtype=np.int64), None
-        files = self._files(np.unique(self.bucket(hi)).tolist())
-        found = self._read(p for ps in files.values() for p in ps)
-        if found is None or not found.num_rows:
-            return np.zeros(0, dtype=np.int64), None
-        want = pa.table({"key_hi": hi, "key_lo": lo, "__row": np.arange(len(hi), dtype=np.int64)})
-        found = found.group_by(list(KEYS), use_threads=False).aggregate(
-            [(c, "first") for c in found.column_names if c not in KEYS]
-        )
-        found = found.rename_columns(
-            [c[: -len("_first")] if c.endswith("_first") else c for c in found.column_names]
-        )
-        joined = want.join(found, keys=list(KEYS), join_type="inner").sort_by("__row")
-        rows = joined.column("__row").to_numpy()
-        return rows, joined.drop_columns([*KEYS, "__row"])
+            return none
+        buckets = self.bucket(hi)
+        by_bucket = np.argsort(buckets, kind="stable")
+        edges = np.searchsorted(buckets[by_bucket], np.arange(BUCKETS + 1))
+        files = self._files(np.unique(buckets).tolist())
+        found_rows: list[np.ndarray] = []
+        found: list[pa.Table] = []
+        for b, paths in files.items():
+            left = by_bucket[edges[b] : edges[b + 1]]
+            for path in paths:
+                if not len(left):
+                    break
+                table = self._read([path])
+                if table is None:
+                    continue
+                at = _find(
+                    table.column("key_hi").to_numpy(), table.column("key_lo").to_numpy(),
+                    hi[left], lo[left],
+                )  # fmt: skip
+                hit = at >= 0
+                found_rows.append(left[hit])
+                found.append(table.take(pa.array(at[hit])).drop_columns(list(KEYS)))
+                left = left[~hit]
+        if not found_rows:
+            return none
+        rows = np.concatenate(found_rows)
+        order = np.argsort(rows)
+        results = pa.concat_tables(found, promote_options="permissive")
+        return rows[order], results.take(pa.array(order))
 
     # ------------------------------------------------------------------ write
 
@@ -199,7 +220,7 @@ class ItemCache:
         )
         for name in results.column_names:
             table = table.append_column(name, results.column(name))
-        table = table.sort_by("__bucket")
+        table = _unique(table)  # sorted by key, so by bucket (a key's top bits)
         buckets = table.column("__bucket").to_numpy()
         edges = np.flatnonzero(np.diff(buckets)) + 1
         for a, b in zip(np.r_[0, edges], np.r_[edges, len(buckets)], strict=True):
@@ -223,12 +244,7 @@ class ItemCache:
             table = self._read(paths)
             if table is None:
                 continue
-            table = table.group_by(list(KEYS), use_threads=False).aggregate(
-                [(c, "first") for c in table.column_names if c not in KEYS]
-            )
-            table = table.rename_columns(
-                [c[: -len("_first")] if c.endswith("_first") else c for c in table.column_names]
-            )
+            table = _unique(table)
             sink = io.BytesIO()
             pq.write_table(table, sink, compression="zstd", compression_level=1)
             store.write_bytes(f"b={b:02d}/{uuid.uuid4().hex}.parquet", sink.getvalue())
@@ -260,6 +276,31 @@ def sweep_cache(spec: SweepSpec, function: Any, columns: list[str]) -> ItemCache
     if "code" not in identity and is_file and not isinstance(function, Command):
         identity["code"] = function_code_hash(function)
     return ItemCache.for_sweep(spec.cache, identity, seeded, spec.storage_options)
+
+
+def _unique(table: pa.Table) -> pa.Table:
+    """The entries sorted by key, each key once (concurrent writers may add one twice)."""
+    hi = table.column("key_hi").to_numpy()
+    lo = table.column("key_lo").to_numpy()
+    order = np.lexsort((lo, hi))
+    hs, ls = hi[order], lo[order]
+    dup = np.r_[False, (hs[1:] == hs[:-1]) & (ls[1:] == ls[:-1])]
+    return table.take(pa.array(order[~dup]))
+
+
+def _find(hs: np.ndarray, ls: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Per wanted key, its row among the sorted unique keys ``(hs, ls)``, or -1."""
+    at = np.full(len(hi), -1, dtype=np.int64)
+    cand = np.searchsorted(hs, hi, side="left")
+    while True:  # keys sharing their high 64 bits: a rare few, looked at one after another
+        inside = cand < len(hs)
+        c = np.where(inside, cand, 0)
+        same = inside & (hs[c] == hi) & (at < 0)
+        hit = same & (ls[c] == lo)
+        at[hit] = c[hit]
+        cand = cand + 1
+        if not (same & ~hit).any():
+            return at
 
 
 def result_part(table: pa.Table, param_names: Iterable[str]) -> pa.Table:
