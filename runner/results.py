@@ -222,13 +222,7 @@ class SweepOutput:
             cols = ", ".join(f"NULL::{_duck_type(f.type)} AS {_q(f.name)}" for f in self.schema)
             con.execute(f"CREATE VIEW results AS SELECT {cols} WHERE false")
             return con
-        if self.store.is_local:
-            files = [self.parts[i] for i in sorted(self.parts)]
-        else:
-            con.register_filesystem(self.store.fs)
-            proto = self.store.fs.protocol
-            proto = proto[0] if isinstance(proto, tuple | list) else proto
-            files = [f"{proto}://{self.parts[i]}" for i in sorted(self.parts)]
+        files = self.store.duckdb_urls(con, [self.parts[i] for i in sorted(self.parts)])
         listing = "[" + ", ".join(_lit(f) for f in files) + "]"
         # union_by_name: a partition whose probe items all failed has null-typed results
         cols = ", ".join(

@@ -57,13 +57,8 @@ def retry_targets(
     import duckdb  # lazy: only a filter needs it (`sweep run` starts without it)
 
     con = duckdb.connect()
-    if store.is_local:
-        files = {listed[i]: i for i in failing}
-    else:
-        con.register_filesystem(store.fs)
-        proto = store.fs.protocol
-        proto = proto[0] if isinstance(proto, tuple | list) else proto
-        files = {f"{proto}://{listed[i]}": i for i in failing}
+    order = sorted(failing)
+    files = dict(zip(store.duckdb_urls(con, [listed[i] for i in order]), order, strict=True))
     names = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
     try:
         rows = con.execute(

@@ -361,6 +361,16 @@ class Store:
         proto = self.fs.protocol
         return "file" in (proto if isinstance(proto, tuple | list) else (proto,))
 
+    def duckdb_urls(self, con: Any, paths: Sequence[str]) -> list[str]:
+        """``paths`` as DuckDB should open them on connection ``con``: local files as they
+        are, others through this store's fsspec filesystem (registered on ``con``)."""
+        if self.is_local:
+            return list(paths)
+        con.register_filesystem(self.fs)
+        proto = self.fs.protocol
+        proto = proto[0] if isinstance(proto, tuple | list) else proto
+        return [f"{proto}://{p}" for p in paths]
+
     def path(self, name: str) -> str:
         return f"{self.root}/{name}"
 
