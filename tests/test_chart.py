@@ -243,6 +243,13 @@ def test_mangled_values_file_keys_fail_with_a_fix(chart: Any) -> None:
             },
             "literal credential",
         ),
+        (
+            {
+                "specYaml": PI,
+                "spec": {"output": "s3://b/pi", "notify": {"webhook": f"https://h/{CANARY}"}},
+            },
+            r"notify.webhook holds a literal URL.*\$\{VAR\}",
+        ),
     ],
 )
 def test_bad_specs_fail_to_render_with_what_to_do(

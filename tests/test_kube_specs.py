@@ -699,6 +699,15 @@ def test_manifests_refuse_local_output_and_literal_secrets(tmp_path: Path) -> No
     with pytest.raises(SpecError, match=r"storage_options\.key.*Secret") as e:
         build(spec_file)
     assert CANARY not in str(e.value)
+    data.pop("storage_options")
+    data["notify"] = {"webhook": f"https://hooks.example/{CANARY}"}
+    spec_file.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError, match=r"notify\.webhook \(write it as \$\{VAR\}") as e:
+        build(spec_file)
+    assert CANARY not in str(e.value)
+    data["notify"] = {"webhook": "${SLACK_WEBHOOK_URL}"}  # from the Secret: fine
+    spec_file.write_text(yaml.safe_dump(data))
+    build(spec_file)
 
 
 def test_no_secret_value_in_rendered_manifests(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -185,6 +185,9 @@ def check_no_literal_secrets(spec_data: Mapping[str, Any], templates: Sequence[A
         f"spec {p}"
         for p in literal_secrets(spec_data.get("storage_options") or {}, "storage_options")
     ]
+    webhook = (spec_data.get("notify") or {}).get("webhook")
+    if webhook and not str(webhook).startswith("${"):
+        bad.append("spec notify.webhook (write it as ${VAR}, VAR a key of that Secret)")
     for name, template in templates:
         bad += cs.template_literal_secrets(template, name)
     if bad:

@@ -148,6 +148,9 @@ runner.secrets.literal_secrets finds them. Arg: dict "path" "obj".
 {{- fail (printf "spec.output %q is a local path; on Kubernetes the runner and the workers need shared storage: use s3://bucket/prefix (or gs://, abfs://)" $output) }}
 {{- end }}
 {{- include "sweep.noLiteralSecrets" (dict "path" "spec.storage_options" "obj" (default dict $spec.storage_options)) }}
+{{- with (default dict $spec.notify).webhook }}{{ if not (hasPrefix "${" (toString .)) }}
+{{- fail "spec.notify.webhook holds a literal URL (it often embeds a token): put it in the Secret named by s3Secret and write webhook: ${VAR}" }}
+{{- end }}{{ end }}
 {{- $cluster := omit (default dict $spec.cluster) "address" "workers" }}
 {{- $kube := omit (default dict (get $cluster "kubernetes")) "namespace" }}
 {{- $_ := set $kube "worker_template" "/etc/sweep/worker-template.yaml" }}
