@@ -232,8 +232,9 @@ class ItemCache:
             )
         return len(hi)
 
-    def compact(self, min_files: int = 2) -> int:
-        """Merge each bucket's files into one; returns how many files were merged away."""
+    def compact(self, min_files: int = 8) -> int:
+        """Merge the files of each bucket that has ``min_files`` or more into one (a lookup
+        reads every file of its buckets); returns how many files were merged away."""
         import pyarrow.parquet as pq  # lazy, as store.read_footer
 
         store = self.store

@@ -215,7 +215,9 @@ def run_partition(
         keys = cache.keys(params, items, ctx.seed)
         found, cached = cache.lookup(*keys)
         if len(found):
-            hits = _cached_rows(params.take(pa.array(found)), items[found], cached, ctx.schema())
+            every = len(found) == len(items)  # (found is sorted: then it is every row)
+            hit_params = params if every else params.take(pa.array(found))
+            hits = _cached_rows(hit_params, items[found], cached, ctx.schema())
             miss = np.ones(len(items), dtype=bool)
             miss[found] = False
             keys = (keys[0][miss], keys[1][miss])
@@ -250,7 +252,9 @@ def run_partition(
         ok = pc.equal(table.column("status"), ITEM_OK)
         done = ok.to_numpy(zero_copy_only=False)
         cache.put(keys[0][done], keys[1][done], result_part(table.filter(ok), params.column_names))
-        if hits is not None:
+        if hits is not None and not table.num_rows:  # every item was in the cache
+            n_cached, table, n = hits.num_rows, hits, hits.num_rows
+        elif hits is not None:
             n_cached = hits.num_rows
             table = pa.concat_tables(
                 [table, hits.select(table.column_names)], promote_options="permissive"

@@ -150,3 +150,46 @@ def test_a_cache_hit_is_a_real_hit_not_a_recompute(client, tmp_path):
     one, two = _table(tmp_path / "one"), _table(tmp_path / "two")
     pd.testing.assert_series_equal(one["result"], two["result"])
     assert (two["attempts"] == 0).all()
+
+
+def test_compactions_at_once_lose_nothing(tmp_path):
+    """Two compactions of one cache at the same time (and a lookup during them): every
+    entry is still found with its value; duplicates they leave are dropped when read."""
+    import threading
+
+    import numpy as np
+    import pyarrow as pa
+
+    from runner.cache import ItemCache
+    from runner.sources import RandomSourceImpl
+
+    cache = ItemCache.for_sweep(str(tmp_path / "cache"), {"function": "m:f"}, False, {})
+    source = RandomSourceImpl(4000, 1, {"a": ("uniform", (0, 1))})
+    keys = []
+    for start in range(0, 4000, 250):  # 16 writers' worth of files in every bucket
+        params = source.materialise(start, start + 250)
+        hi, lo = cache.keys(params, np.arange(start, start + 250), 0)
+        cache.put(hi, lo, pa.table({"result": params.column("a")}))
+        keys.append((hi, lo, params.column("a").to_numpy()))
+    hi, lo, want = (np.concatenate(k) for k in zip(*keys, strict=True))
+    before = len(list((tmp_path / "cache").rglob("*.parquet")))
+    errors: list[BaseException] = []
+
+    def run(fn):
+        try:
+            fn()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(cache.compact,)) for _ in range(2)]
+    threads.append(threading.Thread(target=run, args=(lambda: cache.lookup(hi, lo),)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    after = list((tmp_path / "cache").rglob("*.parquet"))
+    assert len(after) < before and all(pq.read_table(f).num_rows for f in after)
+    rows, got = cache.lookup(hi, lo)
+    assert len(rows) == 4000
+    assert np.array_equal(got.column("result").to_numpy(), want[rows])
