@@ -78,8 +78,9 @@ def test_the_cap_stops_the_sweep_and_a_larger_one_continues(client, tmp_path):
     assert t["cost"] == manifest["cost"] and t["worker_hours"] == manifest["worker_hours"]
 
 
-def test_max_cost_is_a_cap_in_money(client, tmp_path):
-    spec = build_spec(_spec(tmp_path, max_cost=PRICE * 1.0 / 3600))  # one worker-second
+def test_max_cost_is_a_cap_in_money_on_s3(client, s3, tmp_path):
+    fields = _spec(tmp_path, max_cost=PRICE * 1.0 / 3600)  # one worker-second
+    spec = build_spec({**fields, "output": f"{s3}/capped"})
     with pytest.raises(BudgetExhausted):
         run_sweep(spec, client=client)
     assert Store(spec.output).read_manifest()["cap"] == f"max_cost {PRICE / 3600:g}"

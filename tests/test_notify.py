@@ -91,12 +91,16 @@ def test_a_finished_sweep_posts_its_report(hook, env, tmp_path):
     assert json.loads(manifest)["spec"]["notify"]["webhook"] == "***"
 
 
-def test_a_failed_sweep_posts_failed(hook, env, tmp_path):
-    spec = _spec(tmp_path, {"webhook": hook.url}, params={"grid": {"a": [1, 2], "b": [0.5]}})
+def test_a_failed_sweep_on_s3_posts_failed(hook, env, tmp_path, s3):
+    spec = _spec(
+        tmp_path, {"webhook": hook.url}, params={"grid": {"a": [1, 2], "b": [0.5]}},
+        output=f"{s3}/notified",
+    )  # fmt: skip
     r = sweep("run", spec, env=env)
     assert r.returncode == 1, r.stderr
     (call,) = hook.calls
     assert call["json"]["event"] == "failed" and call["json"]["errors"] == 1
+    assert call["json"]["output"] == f"{s3}/notified"
 
 
 def test_only_the_ends_asked_for_are_posted(hook, env, tmp_path):

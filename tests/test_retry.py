@@ -187,3 +187,19 @@ def test_timed_out_items_are_retried_in_their_child_processes(client, tmp_path):
     assert (report.items_retried, report.items_fixed, report.errors) == (3, 3, 0)
     after = _table(out)
     assert after["status"].eq("ok").all() and after["result"].eq(after["a"] + after["b"]).all()
+
+
+def test_runner_sweep_retry_failed(client, s3, tmp_path):
+    """The Python API, on S3: ``runner.sweep(..., retry_failed=True)``."""
+    marker, out = tmp_path / "fixed", f"{s3}/api-retry"
+    fields = _spec(out, marker, [1, 2, 3])
+    call = dict(
+        output=out, client=client, partition_size=fields["partition_size"],
+        max_failures=fields["max_failures"], name="api",
+    )  # fmt: skip
+    first = runner.sweep(fields["function"], fields["params"], **call)
+    assert first.errors == 6
+    marker.touch()
+    again = runner.sweep(fields["function"], fields["params"], retry_failed=True, **call)
+    assert (again.items_retried, again.items_fixed, again.errors) == (6, 6, 0)
+    assert (_table(out)["status"] == "ok").all()
