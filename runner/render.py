@@ -132,7 +132,12 @@ def print_summary(s: dict[str, Any], say: Callable[[Any], None]) -> None:
     say(f"[bold]{s['name'] or s['output']}[/]: {s['state']}")
     for line in status_lines(s):
         say(f"  {line}")
-    if not s["complete"] and s["state"] not in ("succeeded",):
+    if s["state"] == "budget-exhausted":
+        say(
+            "  [yellow]stopped at its cap[/]: raise max_worker_hours / max_cost and rerun the"
+            " same `sweep run` to go on (finished partitions are kept)"
+        )
+    elif not s["complete"] and s["state"] not in ("succeeded",):
         say(
             "  [yellow]incomplete[/]: rerun the same `sweep run` to finish"
             " (resume computes only what is missing)"

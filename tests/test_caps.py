@@ -116,6 +116,8 @@ def test_cli_projection_exit_4_and_the_budget_notification(cli_env, tmp_path):
     assert re.search(r"max_worker_hours 0.000833333 reached \(0.000\d+ worker-hours", r.stderr)
     assert "budget-exhausted: stopped at " in r.stderr and "run the same command" in r.stderr
     assert "capped: budget-exhausted" in r.stdout and "cost " in r.stdout
+    r = sweep("results", tmp_path / "out", env=cli_env)
+    assert r.returncode == 0 and "stopped at its cap" in r.stdout and "worker-hours" in r.stdout
     assert [p["event"] for p in posted] == ["budget"]
 
 
