@@ -89,6 +89,9 @@ class ItemCache:
     seeded: bool  # the derived seed is part of an item's key
     identity: dict[str, Any] = field(default_factory=dict)  # what function_key stands for
     storage_options: tuple[tuple[str, Any], ...] = ()
+    # this run's files are named after it and skipped by its own lookups: they hold its
+    # other partitions' items, never the one looking
+    run: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     @classmethod
     def for_sweep(
@@ -127,8 +130,10 @@ class ItemCache:
 
     # ------------------------------------------------------------------ read
 
-    def _files(self, buckets: Iterable[int] | None = None) -> dict[int, list[str]]:
-        """The cache's files by bucket (one listing)."""
+    def _files(
+        self, buckets: Iterable[int] | None = None, own: bool = False
+    ) -> dict[int, list[str]]:
+        """The cache's files by bucket (one listing); this run's own only if ``own``."""
         store = self.store
         try:
             store.fs.invalidate_cache()  # other sweeps write here: a fresh listing
@@ -142,8 +147,8 @@ class ItemCache:
             name = parts[-1]
             if len(parts) < 2 or not parts[-2].startswith("b=") or not name.endswith(".parquet"):
                 continue
-            if name.startswith("."):  # a write in progress (store.TMP_PREFIX)
-                continue
+            if name.startswith(".") or (not own and name.startswith(self.run)):
+                continue  # being written (store.TMP_PREFIX); this run's: not what it looks for
             b = int(parts[-2][2:])
             if wanted is None or b in wanted:
                 out.setdefault(b, []).append(path)
@@ -227,9 +232,8 @@ class ItemCache:
             part = table.slice(int(a), int(b - a)).drop_columns(["__bucket"])
             sink = io.BytesIO()
             pq.write_table(part, sink, compression="zstd", compression_level=1)
-            store.write_bytes(
-                f"b={int(buckets[a]):02d}/{uuid.uuid4().hex}.parquet", sink.getvalue()
-            )
+            name = f"b={int(buckets[a]):02d}/{self.run}-{uuid.uuid4().hex}.parquet"
+            store.write_bytes(name, sink.getvalue())
         return len(hi)
 
     def compact(self, min_files: int = 8) -> int:
@@ -239,7 +243,7 @@ class ItemCache:
 
         store = self.store
         merged = 0
-        for b, paths in self._files().items():
+        for b, paths in self._files(own=True).items():
             if len(paths) < min_files:
                 continue
             table = self._read(paths)
