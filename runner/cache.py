@@ -180,12 +180,13 @@ class ItemCache:
         none = np.zeros(0, dtype=np.int64), None
         if not len(hi):
             return none
-        buckets = self.bucket(hi)
-        by_bucket = np.argsort(buckets, kind="stable")
+        buckets = self.bucket(hi).astype(np.uint8)
+        by_bucket = np.argsort(buckets, kind="stable")  # a radix sort on uint8
         edges = np.searchsorted(buckets[by_bucket], np.arange(BUCKETS + 1))
         files = self._files(np.unique(buckets).tolist())
-        found_rows: list[np.ndarray] = []
+        source = np.full(len(hi), -1, dtype=np.int64)  # per row: its entry among `found`
         found: list[pa.Table] = []
+        offset = 0
         for b, paths in files.items():
             left = by_bucket[edges[b] : edges[b + 1]]
             for path in paths:
@@ -199,15 +200,16 @@ class ItemCache:
                     hi[left], lo[left],
                 )  # fmt: skip
                 hit = at >= 0
-                found_rows.append(left[hit])
-                found.append(table.take(pa.array(at[hit])).drop_columns(list(KEYS)))
+                got = int(hit.sum())
+                source[left[hit]] = np.arange(offset, offset + got)
+                found.append(table.drop_columns(list(KEYS)).take(pa.array(at[hit])))
+                offset += got
                 left = left[~hit]
-        if not found_rows:
+        rows = np.flatnonzero(source >= 0)  # in row order, with no sort
+        if not len(rows):
             return none
-        rows = np.concatenate(found_rows)
-        order = np.argsort(rows)
         results = pa.concat_tables(found, promote_options="permissive")
-        return rows[order], results.take(pa.array(order))
+        return rows, results.take(pa.array(source[rows]))
 
     # ------------------------------------------------------------------ write
 
