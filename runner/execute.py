@@ -68,6 +68,8 @@ from .store import (
     ITEM_ERROR,
     ITEM_OK,
     MANIFEST,
+    OUTPUT_COLUMNS,
+    STATUS_COLUMNS,
     PartitionCounts,
     Store,
     footer_meta,
@@ -256,9 +258,12 @@ def run_partition(
             n_cached, table, n = hits.num_rows, hits, hits.num_rows
         elif hits is not None:
             n_cached = hits.num_rows
-            table = pa.concat_tables(
-                [table, hits.select(table.column_names)], promote_options="permissive"
-            ).sort_by(ITEM)
+            merged = pa.concat_tables([table, hits], promote_options="permissive")
+            # a result column only one side has (its items all failed) keeps its place
+            results_of = [c for c in merged.column_names if c not in (*params.column_names,
+                          *OUTPUT_COLUMNS)]  # fmt: skip
+            order = [*params.column_names, ITEM, *results_of, *STATUS_COLUMNS]
+            table = merged.select(order).sort_by(ITEM)
             n = table.num_rows
     t1 = time.perf_counter()
     meta: dict[str, Any] = {"compute_s": round(t1 - t0, 4), "cached": n_cached}

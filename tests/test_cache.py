@@ -195,3 +195,20 @@ def test_compactions_at_once_lose_nothing(tmp_path):
     rows, got = reader.lookup(hi, lo)
     assert len(rows) == 4000
     assert np.array_equal(got.column("result").to_numpy(), want[rows])
+
+
+def test_cached_results_survive_a_partition_whose_other_items_all_fail(client, tmp_path):
+    """A partition mixing cached items with new ones that all fail keeps the cached
+    results in their column, in its place."""
+    cache = tmp_path / "cache"
+    run_sweep(build_spec(_spec(tmp_path / "one", cache, {"a": [0, 2, 4], "b": [0.5]},
+                               function="tests.funcs:fail_on_odd")), client=client)  # fmt: skip
+    report = run_sweep(
+        build_spec(_spec(tmp_path / "two", cache, {"a": [0, 1, 2, 3, 4, 5], "b": [0.5]},
+                         function="tests.funcs:fail_on_odd", max_failures=3, partition_size=6)),
+        client=client,
+    )  # fmt: skip
+    t = _table(tmp_path / "two")
+    assert report.items_cached == 3 and report.errors == 3
+    assert list(t.columns) == ["a", "b", "result", "status", "error", "attempts", "duration_s"]
+    assert t.loc[t["a"] % 2 == 0, "result"].tolist() == [0.5, 2.5, 4.5]
