@@ -109,3 +109,17 @@ class Running:
                 self.proc.wait()
             for t in self._readers:
                 t.join(timeout=5)
+
+
+def kill_after(*args: Any, env: dict[str, str], lines: list[tuple[str, float]]) -> None:
+    """Run `sweep ARGS...`, wait for each of ``lines`` (regex, timeout s) on its stderr in
+    turn, then SIGKILL it and its process group (it must still be running then)."""
+    run = Running(*args, env=env)
+    try:
+        for pattern, timeout in lines:
+            run.wait_line(pattern, timeout)
+        assert run.proc.poll() is None, f"sweep {' '.join(map(str, args))} ended before the kill"
+        run.kill_group()
+        run.wait(30)
+    finally:
+        run.kill_group()

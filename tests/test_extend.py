@@ -13,7 +13,7 @@ from runner.exceptions import OutputConflictError
 from runner.execute import run_sweep
 from runner.spec import build_spec
 from runner.store import Store
-from tests.clitools import Running, sweep
+from tests.clitools import kill_after, sweep
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -134,15 +134,11 @@ def test_a_killed_extension_resumes(cli_env, tmp_path):
     before = _table(str(out))
     fields["params"] = _source("random", 400)
     spec.write_text(yaml.safe_dump(fields))
-    run = Running("run", spec, env=env)
-    try:
-        run.wait_line(r"extending the sweep \(random\) from 40 to 400 items", 60)
-        run.wait_line(r": [1-9][\d,]*/400 items", 90)
-        assert run.proc.poll() is None, "the extension ended before the kill"
-        run.kill_group()
-        run.wait(30)
-    finally:
-        run.kill_group()
+    kill_after(
+        "run", spec, env=env,
+        lines=[(r"extending the sweep \(random\) from 40 to 400 items", 60),
+               (r": [1-9][\d,]*/400 items", 90)],
+    )  # fmt: skip
     middle = _table(str(out))
     assert 40 < len(middle) < 400 and middle.index.is_unique
     r = sweep("run", spec, "--json", env=env, timeout=150)

@@ -14,7 +14,7 @@ from runner.execute import run_sweep
 from runner.results import SweepOutput
 from runner.spec import build_spec
 from runner.store import Store
-from tests.clitools import Running, sweep
+from tests.clitools import kill_after, sweep
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -139,15 +139,11 @@ def test_a_killed_retry_resumes(cli_env, tmp_path):
     assert failed.sum() == 100
 
     marker.touch()  # now each failed item takes 0.1 s: 20 partitions of 1 s each
-    run = Running("run", spec, "--retry-failed", env=cli_env)
-    try:
-        run.wait_line(r"retrying 100 failed item\(s\) in 20 partition\(s\)", 60)
-        run.wait_line(r": [1-9]\d*/100 items", 60)
-        assert run.proc.poll() is None, "the retry ended before the kill"
-        run.kill_group()
-        run.wait(30)
-    finally:
-        run.kill_group()
+    kill_after(
+        "run", spec, "--retry-failed", env=cli_env,
+        lines=[(r"retrying 100 failed item\(s\) in 20 partition\(s\)", 60),
+               (r": [1-9]\d*/100 items", 60)],
+    )  # fmt: skip
     middle = _table(str(out))
     assert middle.index.is_unique and len(middle) == 200  # no partition lost or doubled
     fixed = (middle["status"] == "ok") & failed
