@@ -10,19 +10,16 @@ side. The issue's target: the lookup on a zero-work sweep costs at most 20 % of 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
-from bench.results_scale import measure
+from bench.results_scale import measure, write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,14 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         w = statistics.median(walls)
         out.append({"contender": name, "wall_s": w, "ratio": round(w / base, 3), "walls": walls})
         print(f"{name:14s} {w:8.2f} {w / base:11.2f}")
-    record = {
-        "workload": "W8",
-        "items": n,
-        "rows": out,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    args.results.write_text(json.dumps(record, indent=1) + "\n")
+    write_record(args.results, "W8", n, out)
     return 0
 
 

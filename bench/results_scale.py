@@ -167,16 +167,21 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         r["ratio"] = round(r["wall_s"] / base, 2)
         print(f"{r['contender']:20s} {r['wall_s']:8.2f} {r['ratio']:7.2f} {r['peak_rss_mb']:12.0f}")
+    write_record(args.results, "W7", n, rows, parquet_mb=round(size / 1e6, 1))
+    return 0
+
+
+def write_record(path: Path, workload: str, items: int, rows: list, **extra: object) -> None:
+    """One workload's measurements, with the machine and the time, as JSON at ``path``."""
     record = {
-        "workload": "W7",
-        "items": n,
-        "parquet_mb": round(size / 1e6, 1),
+        "workload": workload,
+        "items": items,
+        **extra,
         "rows": rows,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    args.results.write_text(json.dumps(record, indent=1) + "\n")
-    return 0
+    path.write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":
