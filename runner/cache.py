@@ -11,13 +11,16 @@ Layout under ``cache:`` (a Parquet dataset bucketed by key hash)::
     <cache>/<function key>/_function.json         what the function key stands for
     <cache>/<function key>/b=<NN>/<uuid>.parquet  key_hi, key_lo, the result columns
 
-A partition task hashes its items, reads the files of the buckets its keys fall in,
-joins, runs only the misses and writes the new results into one new file per bucket
-(each written atomically, under a fresh name). :func:`compact` merges each bucket's
-files into one, writing the merged file before deleting what it merged: a reader that
-finds a file gone treats its entries as misses, and two compactions at once only leave
-duplicates (the same key has the same result), dropped when read. Concurrent sweeps
-never corrupt the cache.
+A partition task hashes its items, searches the files of the buckets its keys fall in
+(each sorted by key, each key once), runs only the misses and writes their results into
+one new file per bucket (each written atomically under a fresh name, not flushed to disk:
+a file a machine crash leaves unreadable is a miss). A cache file never changes once
+written, so each process keeps the files it has read (``sweep.cache.memory`` bytes): a
+worker reads the cache once, not once per partition. :meth:`ItemCache.compact` merges
+each bucket's files into one, writing the merged file before deleting what it merged: a
+reader that finds a file gone treats its entries as misses, and two compactions at once
+only leave duplicates (the same key has the same result), dropped when read. Concurrent
+sweeps never corrupt the cache.
 """
 
 from __future__ import annotations
@@ -25,8 +28,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import config
 from .calls import Command, item_seeds, seed_kind
 from .spec import SweepSpec, function_code_hash
 from .store import OUTPUT_COLUMNS, Store
@@ -44,6 +51,7 @@ KEYS = ("key_hi", "key_lo")
 FUNCTION_FILE = "_function.json"
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_BUCKET_STARTS = np.arange(BUCKETS, dtype=np.uint64) << np.uint64(64 - BUCKET_BITS)
 
 
 def _mix(z: np.ndarray) -> np.ndarray:
@@ -92,14 +100,27 @@ class ItemCache:
     # this run's files are named after it and skipped by its own lookups: they hold its
     # other partitions' items, never the one looking
     run: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    memory: int = 256 * 2**20  # bytes of cache files a process keeps read (sweep.cache.memory)
 
     @classmethod
     def for_sweep(
-        cls, url: str, identity: dict[str, Any], seeded: bool, storage_options: dict[str, Any]
+        cls,
+        url: str,
+        identity: dict[str, Any],
+        seeded: bool,
+        storage_options: dict[str, Any],
+        memory: int | None = None,
     ) -> ItemCache:
+        """The cache at ``url`` of the function ``identity`` describes; ``memory``: bytes of
+        cache files each process keeps read (default: ``sweep.cache.memory``)."""
         ident = {**identity, "seeded": seeded, "format": 2}
         key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
-        return cls(url.rstrip("/"), key[:24], seeded, ident, tuple(sorted(storage_options.items())))
+        if memory is None:
+            from dask.utils import parse_bytes  # lazy: as runner.config, dask loads late
+
+            memory = parse_bytes(config.get("cache.memory"))
+        options = tuple(sorted(storage_options.items()))
+        return cls(url.rstrip("/"), key[:24], seeded, ident, options, memory=memory)
 
     @property
     def store(self) -> Store:
@@ -154,21 +175,33 @@ class ItemCache:
                 out.setdefault(b, []).append(path)
         return out
 
-    def _read(self, paths: Iterable[str]) -> pa.Table | None:
-        """The entries of these files (a file gone since the listing: its entries missed)."""
+    def _read(self, path: str) -> pa.Table | None:
+        """A cache file's entries, or None: gone since the listing, or unreadable (a file
+        written without a flush and cut short by a machine crash, or storage failing).
+        Its entries are then missed: the cache only saves time.
+
+        Files are kept in this process's memory (:data:`_READ`) up to ``memory`` bytes: a
+        worker's partitions look up keys spread over every bucket, so without it each
+        would read the whole cache again.
+        """
+        key = f"{self.store.fs.protocol}:{path}"
+        table = _READ.get(key)
+        if table is None:
+            try:
+                table = self._load(path)
+            except (FileNotFoundError, pa.ArrowInvalid, OSError):
+                return None
+            _READ.put(key, table, self.memory)
+        return table
+
+    def _load(self, path: str) -> pa.Table:
         import pyarrow.parquet as pq  # lazy, as store.read_footer
 
         store = self.store
-        tables = []
-        for p in paths:
-            try:
-                with store.fs.open(p, "rb") as fh:
-                    tables.append(pq.read_table(fh))
-            except FileNotFoundError:
-                continue
-        if not tables:
-            return None
-        return pa.concat_tables(tables, promote_options="permissive")
+        if store.is_local:  # pyarrow's own reader: no Python file object
+            return pq.read_table(path)
+        with store.fs.open(path, "rb") as fh:
+            return pq.read_table(fh)
 
     def lookup(self, hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, pa.Table | None]:
         """Rows found and their cached results: ``(row positions, results table)``.
@@ -180,28 +213,28 @@ class ItemCache:
         none = np.zeros(0, dtype=np.int64), None
         if not len(hi):
             return none
-        buckets = self.bucket(hi).astype(np.uint8)
-        by_bucket = np.argsort(buckets, kind="stable")  # a radix sort on uint8
-        edges = np.searchsorted(buckets[by_bucket], np.arange(BUCKETS + 1))
-        files = self._files(np.unique(buckets).tolist())
+        order = np.argsort(hi)  # wanted keys in key order, so in bucket order (top bits)
+        shi, slo = hi[order], lo[order]
+        edges = np.r_[np.searchsorted(shi, _BUCKET_STARTS), len(shi)]
+        files = self._files(np.flatnonzero(np.diff(edges)).tolist())
         source = np.full(len(hi), -1, dtype=np.int64)  # per row: its entry among `found`
         found: list[pa.Table] = []
         offset = 0
         for b, paths in files.items():
-            left = by_bucket[edges[b] : edges[b + 1]]
+            left = np.arange(edges[b], edges[b + 1])  # positions among the sorted keys
             for path in paths:
                 if not len(left):
                     break
-                table = self._read([path])
+                table = self._read(path)
                 if table is None:
                     continue
                 at = _find(
                     table.column("key_hi").to_numpy(), table.column("key_lo").to_numpy(),
-                    hi[left], lo[left],
+                    shi[left], slo[left],
                 )  # fmt: skip
                 hit = at >= 0
                 got = int(hit.sum())
-                source[left[hit]] = np.arange(offset, offset + got)
+                source[order[left[hit]]] = np.arange(offset, offset + got)
                 found.append(table.drop_columns(list(KEYS)).take(pa.array(at[hit])))
                 offset += got
                 left = left[~hit]
@@ -215,7 +248,6 @@ class ItemCache:
 
     def put(self, hi: np.ndarray, lo: np.ndarray, results: pa.Table) -> int:
         """Add these entries (one new file per bucket they fall in); returns how many."""
-        import pyarrow.parquet as pq  # lazy, as store.read_footer
 
         if not len(hi):
             return 0
@@ -232,36 +264,80 @@ class ItemCache:
         edges = np.flatnonzero(np.diff(buckets)) + 1
         for a, b in zip(np.r_[0, edges], np.r_[edges, len(buckets)], strict=True):
             part = table.slice(int(a), int(b - a)).drop_columns(["__bucket"])
-            sink = io.BytesIO()
-            pq.write_table(part, sink, compression="zstd", compression_level=1)
             name = f"b={int(buckets[a]):02d}/{self.run}-{uuid.uuid4().hex}.parquet"
-            store.write_bytes(name, sink.getvalue())
+            # not flushed to disk: a file a machine crash leaves unreadable is a miss
+            store.write_bytes(name, _parquet(part), sync=False)
         return len(hi)
 
     def compact(self, min_files: int = 8) -> int:
         """Merge the files of each bucket that has ``min_files`` or more into one (a lookup
-        reads every file of its buckets); returns how many files were merged away."""
-        import pyarrow.parquet as pq  # lazy, as store.read_footer
+        reads every file of its buckets), the buckets side by side in threads (reading,
+        sorting and writing release the GIL); returns how many files were merged away."""
+        due = [(b, paths) for b, paths in self._files(own=True).items() if len(paths) >= min_files]
+        if not due:
+            return 0
+        with ThreadPoolExecutor(min(len(due), 4)) as pool:
+            return sum(pool.map(lambda job: self._merge(*job), due))
 
+    def _merge(self, bucket: int, paths: list[str]) -> int:
+        """One bucket's files into one, written whole before any of them is deleted."""
+        tables, merged = [], []
+        for path in paths:
+            try:
+                tables.append(self._load(path))
+            except FileNotFoundError:
+                continue  # another compaction merged it
+            except pa.ArrowInvalid:
+                pass  # cut short by a crash: nothing in it to keep
+            except OSError:
+                continue  # storage failing: left for the next compaction
+            merged.append(path)
         store = self.store
-        merged = 0
-        for b, paths in self._files(own=True).items():
-            if len(paths) < min_files:
-                continue
-            table = self._read(paths)
-            if table is None:
-                continue
-            table = _unique(table)
-            sink = io.BytesIO()
-            pq.write_table(table, sink, compression="zstd", compression_level=1)
-            store.write_bytes(f"b={b:02d}/{uuid.uuid4().hex}.parquet", sink.getvalue())
-            for p in paths:  # only after the merged file is whole
-                try:
-                    store.fs.rm(p)
-                    merged += 1
-                except FileNotFoundError:
-                    pass  # another compaction got there first
-        return merged
+        if tables:
+            table = _unique(pa.concat_tables(tables, promote_options="permissive"))
+            store.write_bytes(f"b={bucket:02d}/{uuid.uuid4().hex}.parquet", _parquet(table))
+        count = 0
+        for path in merged:  # only after the merged file is whole
+            try:
+                store.fs.rm(path)
+                count += 1
+            except FileNotFoundError:
+                pass  # another compaction got there first
+        return count
+
+
+class _ReadFiles:
+    """Cache files read by this process, least recently used dropped past a byte budget.
+
+    Safe to keep: a cache file never changes (it is written whole under a fresh name and
+    only ever deleted, its entries then held by the file that merged it).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tables: OrderedDict[str, pa.Table] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: str) -> pa.Table | None:
+        with self._lock:
+            table = self._tables.get(key)
+            if table is not None:
+                self._tables.move_to_end(key)
+            return table
+
+    def put(self, key: str, table: pa.Table, budget: int) -> None:
+        size = table.nbytes
+        with self._lock:
+            if key in self._tables or size > budget:
+                return
+            self._tables[key] = table
+            self._bytes += size
+            while self._bytes > budget:
+                _, old = self._tables.popitem(last=False)
+                self._bytes -= old.nbytes
+
+
+_READ = _ReadFiles()
 
 
 def sweep_cache(spec: SweepSpec, function: Any, columns: list[str]) -> ItemCache | None:
@@ -285,14 +361,38 @@ def sweep_cache(spec: SweepSpec, function: Any, columns: list[str]) -> ItemCache
     return ItemCache.for_sweep(spec.cache, identity, seeded, spec.storage_options)
 
 
+def _parquet(table: pa.Table) -> bytes:
+    """A cache file's bytes. Keys are random: no dictionary, compression or statistics
+    (each would cost time for nothing); strings among the results get a dictionary."""
+    import pyarrow.parquet as pq  # lazy, as store.read_footer
+
+    sink = io.BytesIO()
+    pq.write_table(
+        table, sink,
+        compression={c: "none" if c in KEYS else "zstd" for c in table.column_names},
+        compression_level={c: 1 for c in table.column_names if c not in KEYS},
+        use_dictionary=[f.name for f in table.schema if pa.types.is_string(f.type)
+                        or pa.types.is_large_string(f.type)],
+        write_statistics=[c for c in table.column_names if c not in KEYS],
+    )  # fmt: skip
+    return sink.getvalue()
+
+
 def _unique(table: pa.Table) -> pa.Table:
     """The entries sorted by key, each key once (concurrent writers may add one twice)."""
     hi = table.column("key_hi").to_numpy()
     lo = table.column("key_lo").to_numpy()
-    order = np.lexsort((lo, hi))
-    hs, ls = hi[order], lo[order]
-    dup = np.r_[False, (hs[1:] == hs[:-1]) & (ls[1:] == ls[:-1])]
-    return table.take(pa.array(order[~dup]))
+    order = np.argsort(hi)  # keys sharing their high 64 bits are rare: only they need lo
+    hs = hi[order]
+    tie = np.flatnonzero(hs[1:] == hs[:-1])
+    if len(tie):
+        at = np.unique(np.r_[tie, tie + 1])
+        order[at] = order[at][np.lexsort((lo[order[at]], hs[at]))]
+        ls = lo[order]
+        dup = np.zeros(len(order), dtype=bool)
+        dup[tie + 1] = ls[tie + 1] == ls[tie]
+        order = order[~dup]
+    return table.take(pa.array(order))
 
 
 def _find(hs: np.ndarray, ls: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:

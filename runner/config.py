@@ -35,6 +35,9 @@ DEFAULTS: dict[str, Any] = {
             "retries": 2,  # after the filesystem's own retries, for unreachable storage
             "retry-wait": 1.0,  # seconds before the first retry, doubling
         },
+        # bytes of cache files (runner.cache) each worker process keeps once read: its
+        # partitions' keys fall in every bucket, so each would read them all again
+        "cache": {"memory": "256MiB"},
         "isolation": {
             # child-process deaths in one isolated partition before its other items give up
             "max-deaths": 10,

@@ -395,11 +395,13 @@ class Store:
 
     # ------------------------------------------------------------------ atomic writes
 
-    def write_bytes(self, name: str, data: bytes) -> None:
+    def write_bytes(self, name: str, data: bytes, sync: bool = True) -> None:
         """Write a whole object atomically (retried when storage is briefly unreachable).
 
         Object stores make a single PUT visible whole; on a file system we write a
-        temporary file beside the target and rename it into place.
+        temporary file beside the target and rename it into place, flushed to disk first
+        unless ``sync`` is false (what a crash may then leave is a whole file or an
+        unreadable one, never a partly written one under the name).
         """
         target = self.path(name)
 
@@ -413,8 +415,9 @@ class Store:
             try:
                 with open(tmp, "wb") as fh:
                     fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                    if sync:
+                        fh.flush()
+                        os.fsync(fh.fileno())
                 os.replace(tmp, target)
             finally:
                 if os.path.exists(tmp):

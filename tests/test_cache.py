@@ -4,15 +4,21 @@ never corrupt it; ``sweep plan`` says what hits and, when nothing does, why."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
+import threading
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 import runner
+from runner.cache import ItemCache
 from runner.execute import run_sweep
+from runner.sources import RandomSourceImpl
 from runner.spec import build_spec
 from tests.clitools import SWEEP, sweep
 from tests.conftest import ROOT
@@ -155,14 +161,6 @@ def test_a_cache_hit_is_a_real_hit_not_a_recompute(client, tmp_path):
 def test_compactions_at_once_lose_nothing(tmp_path):
     """Two compactions of one cache at the same time (and a lookup during them): every
     entry is still found with its value; duplicates they leave are dropped when read."""
-    import dataclasses
-    import threading
-
-    import numpy as np
-    import pyarrow as pa
-
-    from runner.cache import ItemCache
-    from runner.sources import RandomSourceImpl
 
     cache = ItemCache.for_sweep(str(tmp_path / "cache"), {"function": "m:f"}, False, {})
     source = RandomSourceImpl(4000, 1, {"a": ("uniform", (0, 1))})
@@ -212,3 +210,67 @@ def test_cached_results_survive_a_partition_whose_other_items_all_fail(client, t
     assert report.items_cached == 3 and report.errors == 3
     assert list(t.columns) == ["a", "b", "result", "status", "error", "attempts", "duration_s"]
     assert t.loc[t["a"] % 2 == 0, "result"].tolist() == [0.5, 2.5, 4.5]
+
+
+def _entries(cache, n, start=0):
+    """``n`` entries put in the cache: their keys and the values stored with them."""
+
+    params = RandomSourceImpl(start + n, 3, {"a": ("uniform", (0, 1))}).materialise(
+        start, start + n
+    )
+    hi, lo = cache.keys(params, np.arange(start, start + n), 0)
+    cache.put(hi, lo, pa.table({"result": params.column("a")}))
+    return hi, lo, params.column("a").to_numpy()
+
+
+def test_keys_sharing_their_high_word_are_told_apart(tmp_path):
+    """Entries whose keys share the high 64 bits (and a key written twice) each keep their
+    own value, and a file holds each key once."""
+
+    cache = ItemCache.for_sweep(str(tmp_path / "cache"), {"function": "m:f"}, False, {})
+    hi = np.array([5, 9, 5, 5, 2**63, 5, 9], dtype=np.uint64)
+    lo = np.array([3, 1, 1, 2, 0, 3, 1], dtype=np.uint64)  # (5,3) and (9,1) twice
+    values = np.array([53.0, 91.0, 51.0, 52.0, 80.0, 53.0, 91.0])
+    cache.put(hi, lo, pa.table({"result": values}))
+    files = list(tmp_path.rglob("*.parquet"))
+    assert sum(pq.read_table(f).num_rows for f in files) == 5
+    reader = dataclasses.replace(cache, run="another-run")
+    want_hi = np.array([5, 5, 5, 9, 7, 2**63], dtype=np.uint64)
+    want_lo = np.array([2, 1, 3, 1, 3, 0], dtype=np.uint64)
+    rows, got = reader.lookup(want_hi, want_lo)
+    assert rows.tolist() == [0, 1, 2, 3, 5]  # (7, 3) was never put
+    assert got.column("result").to_pylist() == [52.0, 51.0, 53.0, 91.0, 80.0]
+
+
+def test_a_cache_file_cut_short_by_a_crash_is_a_miss_and_compaction_drops_it(tmp_path):
+    """Cache files are written without a flush to disk; one a crash left unreadable costs
+    only its entries, and the next compaction deletes it."""
+
+    cache = ItemCache.for_sweep(str(tmp_path / "cache"), {"function": "m:f"}, False, {}, memory=0)
+    hi, lo, want = _entries(cache, 400)
+    files = sorted((tmp_path / "cache").rglob("*.parquet"))
+    broken = files[0]
+    broken.write_bytes(broken.read_bytes()[:50])
+    reader = dataclasses.replace(cache, run="another-run")
+    rows, got = reader.lookup(hi, lo)
+    assert 0 < len(rows) < 400
+    assert np.array_equal(got.column("result").to_numpy(), want[rows])
+    assert reader.compact(min_files=1) == len(files)
+    left = list((tmp_path / "cache").rglob("*.parquet"))
+    assert broken not in left and all(pq.read_table(f).num_rows for f in left)
+    assert len(reader.lookup(hi, lo)[0]) == len(rows)
+
+
+def test_a_process_reads_each_cache_file_once_within_its_budget(tmp_path):
+    """A worker's lookups keep the files they read (cache files never change); with no
+    memory for it every lookup reads them again."""
+
+    for memory, hits_after in ((64 * 2**20, 300), (0, 0)):
+        root = tmp_path / f"cache-{memory}"
+        cache = ItemCache.for_sweep(str(root), {"function": "m:f"}, False, {}, memory=memory)
+        hi, lo, _ = _entries(cache, 300)
+        reader = dataclasses.replace(cache, run="another-run")
+        assert len(reader.lookup(hi, lo)[0]) == 300
+        for f in root.rglob("*.parquet"):  # a lookup that reads them again finds nothing
+            f.write_bytes(b"")
+        assert len(reader.lookup(hi, lo)[0]) == hits_after
