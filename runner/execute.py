@@ -193,107 +193,176 @@ def run_partition(
     the sweep and fixes its schema. ``isolated`` runs the items in a child process
     (:mod:`runner.isolate`; ``isolated_run`` is that runner, if the caller made it).
     """
-    t0 = time.perf_counter()
-    try:
-        params = ctx.source.materialise(desc.start, desc.stop)
-    except SweepError:
-        raise
-    except Exception as e:
-        raise SourceError(
-            f"reading parameters {desc.start}..{desc.stop}: {type(e).__name__}: {e}"
-        ) from e
-    items = np.arange(desc.start, desc.stop, dtype=np.int64)
-    old: pa.Table | None = None
-    if desc.retry:  # only its failed items run again, with their own item numbers and seeds
-        old = ctx.store.read_partition(ctx.store.path(part_name(desc.index)), metadata=True)
-        rows = retry_rows(old, ctx.retry_where)
-        positions = old.column(ITEM).to_numpy()[rows] - desc.start
-        params, items = params.take(pa.array(positions)), items[positions]
-    # the cache: items computed before (by any sweep) are taken from it, the rest run
-    # (not in a retry: errors are never cached)
-    cache = ctx.cache if old is None else None
-    hits: pa.Table | None = None
-    if cache is not None:
-        keys = cache.keys(params, items, ctx.seed)
-        found, cached = cache.lookup(*keys)
+    return PartitionTask(desc, ctx, probe_seconds, isolated, stop, isolated_run).run()
+
+
+class PartitionTask:
+    """One partition task, in named steps (:meth:`run`)::
+
+    read      the partition's parameters from the source
+    select    a retry: only the failed rows of its partition file run again
+    look_up   the cache: rows computed before (by any sweep) are taken from it
+    compute   the function over the rest, here or in a child process
+    tabulate  the computed rows as a partition table (a probe's cut short)
+    remember  the cache: the new successful results are added to it
+    merge     the cached rows beside the computed ones, or the retried rows into
+              the partition file's
+    write     the partition file (atomically), and the report
+    """
+
+    def __init__(
+        self,
+        desc: Descriptor,
+        ctx: TaskContext,
+        probe_seconds: float | None,
+        isolated: bool,
+        stop: threading.Event | None,
+        isolated_run: IsolatedRun | None,
+    ) -> None:
+        self.desc, self.ctx = desc, ctx
+        self.probe_seconds, self.stop, self.isolated_run = probe_seconds, stop, isolated_run
+        self.isolated = isolated or ctx.always_isolated
+        self.t0 = time.perf_counter()
+        self.params: pa.Table
+        self.items: np.ndarray
+        self.old: pa.Table | None = None  # a retry: the partition file as it was
+        self.rows: np.ndarray | None = None  # a retry: the failed rows of `old` run again
+        self.cache = None if desc.retry else ctx.cache  # errors are never cached
+        self.keys: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.uint64),) * 2
+        self.hits: pa.Table | None = None  # rows whose results came from the cache
+        self.retried = 0  # a retry: how many rows ran again
+        self.t1 = self.t0  # when the table was whole (then the write)
+
+    def run(self) -> PartitionReport:
+        self.read()
+        if self.desc.retry:
+            self.select()
+        if self.cache is not None:
+            self.look_up()
+        res, loop_s = self.compute()
+        table = self.tabulate(res)
+        if self.cache is not None:
+            self.remember(table)
+        table, meta = self.merge(table, len(res.errors))
+        return self.write(table, meta, loop_s, res.deaths)
+
+    def read(self) -> None:
+        desc = self.desc
+        try:
+            self.params = self.ctx.source.materialise(desc.start, desc.stop)
+        except SweepError:
+            raise
+        except Exception as e:
+            raise SourceError(
+                f"reading parameters {desc.start}..{desc.stop}: {type(e).__name__}: {e}"
+            ) from e
+        self.items = np.arange(desc.start, desc.stop, dtype=np.int64)
+
+    def select(self) -> None:
+        """Only the failed items run again, with their own item numbers and seeds."""
+        store = self.ctx.store
+        self.old = store.read_partition(store.path(part_name(self.desc.index)), metadata=True)
+        self.rows = retry_rows(self.old, self.ctx.retry_where)
+        positions = self.old.column(ITEM).to_numpy()[self.rows] - self.desc.start
+        self.params, self.items = self.params.take(pa.array(positions)), self.items[positions]
+
+    def look_up(self) -> None:
+        assert self.cache is not None
+        keys = self.cache.keys(self.params, self.items, self.ctx.seed)
+        found, cached = self.cache.lookup(*keys)
         if len(found):
-            every = len(found) == len(items)  # (found is sorted: then it is every row)
-            hit_params = params if every else params.take(pa.array(found))
-            hits = _cached_rows(hit_params, items[found], cached, ctx.schema())
-            miss = np.ones(len(items), dtype=bool)
+            every = len(found) == len(self.items)  # (found is sorted: then it is every row)
+            hit_params = self.params if every else self.params.take(pa.array(found))
+            self.hits = _cached_rows(hit_params, self.items[found], cached, self.ctx.schema())
+            miss = np.ones(len(self.items), dtype=bool)
             miss[found] = False
             keys = (keys[0][miss], keys[1][miss])
-            params, items = params.filter(pa.array(miss)), items[miss]
-    isolated = isolated or ctx.always_isolated
-    if isolated or isolated_run is not None:
-        runner = isolated_run or ctx.isolated_run()
-        res = runner.run(params, items, ctx.seed, probe_seconds, stop)
-        loop_s = sum(res.durations)  # the child's start-up is not the function's time
-    else:
+            self.params, self.items = self.params.filter(pa.array(miss)), self.items[miss]
+        self.keys = keys
+
+    def compute(self) -> tuple[Any, float]:
+        """The function over the rows left; returns its results and the items' seconds."""
+        ctx = self.ctx
+        if self.isolated or self.isolated_run is not None:
+            runner = self.isolated_run or ctx.isolated_run()
+            res = runner.run(self.params, self.items, ctx.seed, self.probe_seconds, self.stop)
+            return res, sum(res.durations)  # the child's start-up is not the function's time
         fn = ctx.load_function()
         t_loop = time.perf_counter()
-        deadline = t_loop + probe_seconds if probe_seconds is not None else None
-        res = run_items(
-            fn, ctx.call, params, items, ctx.seed, ctx.retries, deadline, ctx.batch_format
+        deadline = t_loop + self.probe_seconds if self.probe_seconds is not None else None
+        args = (self.params, self.items, ctx.seed, ctx.retries, deadline, ctx.batch_format)
+        res = run_items(fn, ctx.call, *args)
+        return res, time.perf_counter() - t_loop
+
+    def tabulate(self, res: Any) -> pa.Table:
+        n = res.n
+        if n < self.params.num_rows:  # a probe that stopped early: the partition ends there
+            if self.hits is not None:
+                self.hits = self.hits.filter(pc.less(self.hits.column(ITEM), int(self.items[n])))
+            self.params, self.items = self.params.slice(0, n), self.items[:n]
+            self.keys = (self.keys[0][:n], self.keys[1][:n])
+        results = result_columns(res, self.params.column_names, self.ctx.schema())
+        attempts = np.ones(n, dtype=np.int32)
+        if res.attempts:
+            attempts[list(res.attempts)] = list(res.attempts.values())
+        return partition_table(
+            self.params, self.items, results, res.errors, attempts, res.durations
         )
-        loop_s = time.perf_counter() - t_loop
-    n = res.n
-    if n < params.num_rows:  # a probe that stopped early: the partition ends there
-        if hits is not None:
-            hits = hits.filter(pc.less(hits.column(ITEM), int(items[n])))
-        params, items = params.slice(0, n), items[:n]
-        if cache is not None:
-            keys = (keys[0][:n], keys[1][:n])
-    results = result_columns(res, params.column_names, ctx.schema())
-    attempts = np.ones(n, dtype=np.int32)
-    if res.attempts:
-        attempts[list(res.attempts)] = list(res.attempts.values())
-    table = partition_table(params, items, results, res.errors, attempts, res.durations)
-    n_cached = 0
-    if cache is not None:
+
+    def remember(self, table: pa.Table) -> None:
+        assert self.cache is not None
         ok = pc.equal(table.column("status"), ITEM_OK)
         done = ok.to_numpy(zero_copy_only=False)
-        cache.put(keys[0][done], keys[1][done], result_part(table.filter(ok), params.column_names))
+        hi, lo = self.keys
+        self.cache.put(hi[done], lo[done], result_part(table.filter(ok), self.params.column_names))
+
+    def merge(self, table: pa.Table, errors: int) -> tuple[pa.Table, dict[str, Any]]:
+        """The partition's whole table and its footer's numbers (``errors``: the computed
+        rows' failures; cached rows are never failures)."""
+        hits = self.hits
+        n_cached = 0 if hits is None else hits.num_rows
         if hits is not None and not table.num_rows:  # every item was in the cache
-            n_cached, table, n = hits.num_rows, hits, hits.num_rows
+            table = hits
         elif hits is not None:
-            n_cached = hits.num_rows
             merged = pa.concat_tables([table, hits], promote_options="permissive")
             # a result column only one side has (its items all failed) keeps its place
-            results_of = [c for c in merged.column_names if c not in (*params.column_names,
-                          *OUTPUT_COLUMNS)]  # fmt: skip
-            order = [*params.column_names, ITEM, *results_of, *STATUS_COLUMNS]
-            table = merged.select(order).sort_by(ITEM)
-            n = table.num_rows
-    t1 = time.perf_counter()
-    meta: dict[str, Any] = {"compute_s": round(t1 - t0, 4), "cached": n_cached}
-    retried = 0
-    if old is not None:
-        before = footer_meta(old.schema)
-        retried = n
-        table = merge_retried(old.replace_schema_metadata(None), rows, table)
-        n = table.num_rows
+            names = self.params.column_names
+            results_of = [c for c in merged.column_names if c not in (*names, *OUTPUT_COLUMNS)]
+            table = merged.select([*names, ITEM, *results_of, *STATUS_COLUMNS]).sort_by(ITEM)
+        self.t1 = time.perf_counter()
+        if self.old is None:
+            meta = {"compute_s": round(self.t1 - self.t0, 4), "cached": n_cached}
+            return table, {**meta, "errors": errors}
+        assert self.rows is not None
+        before = footer_meta(self.old.schema)
+        self.retried = table.num_rows
+        table = merge_retried(self.old.replace_schema_metadata(None), self.rows, table)
         errors = int(pc.sum(pc.equal(table.column("status"), ITEM_ERROR)).as_py() or 0)
-        meta = {
-            "compute_s": round(float(before.get("compute_s") or 0.0) + t1 - t0, 4),
-            "retried": int(before.get("retried", 0)) + retried,
+        return table, {
+            "compute_s": round(float(before.get("compute_s") or 0.0) + self.t1 - self.t0, 4),
+            "retried": int(before.get("retried", 0)) + self.retried,
+            "errors": errors,
         }
-    else:
-        errors = len(res.errors)  # cached rows are never errors
-    stop = desc.start + n
-    meta.update(
-        index=desc.index, start=desc.start, stop=stop, ok=n - errors, errors=errors,
-        spec_hash=ctx.spec_hash,
-    )  # fmt: skip
-    nbytes = ctx.store.write_partition(desc.index, table, meta)
-    t2 = time.perf_counter()
-    schema = None
-    if ctx.result_schema is None and errors < n:  # the probe: it fixes the schema
-        schema = schema_to_bytes(result_schema(table, params.column_names))
-    return PartitionReport(
-        desc.index, desc.start, stop, n - errors, errors, t1 - t0, t2 - t1, nbytes, schema,
-        loop_s, isolated, res.deaths, isolated_run is not None, retried, n_cached,
-    )  # fmt: skip
+
+    def write(
+        self, table: pa.Table, meta: dict[str, Any], loop_s: float, deaths: int
+    ) -> PartitionReport:
+        desc, ctx = self.desc, self.ctx
+        n, errors = table.num_rows, meta["errors"]
+        stop = desc.start + n
+        meta.update(
+            index=desc.index, start=desc.start, stop=stop, ok=n - errors, spec_hash=ctx.spec_hash
+        )
+        nbytes = ctx.store.write_partition(desc.index, table, meta)
+        t2 = time.perf_counter()
+        schema = None
+        if ctx.result_schema is None and errors < n:  # the probe: it fixes the schema
+            schema = schema_to_bytes(result_schema(table, self.params.column_names))
+        return PartitionReport(
+            desc.index, desc.start, stop, n - errors, errors, self.t1 - self.t0, t2 - self.t1,
+            nbytes, schema, loop_s, self.isolated, deaths, self.isolated_run is not None,
+            self.retried, int(meta.get("cached", 0)),
+        )  # fmt: skip
 
 
 def _cached_rows(
