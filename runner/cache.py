@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 from . import config
 from .calls import Command, item_seeds, seed_kind
 from .spec import SweepSpec, function_code_hash
-from .store import OUTPUT_COLUMNS, Store
+from .store import OUTPUT_COLUMNS, Store, retrying
 
 BUCKET_BITS = 4
 BUCKETS = 1 << BUCKET_BITS  # a key's bucket: its top bits (so key order is bucket order)
@@ -73,10 +73,12 @@ def _column_words(arr: pa.Array | pa.ChunkedArray, salt: int) -> np.ndarray:
     t = arr.type
     nulls = arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else None
     if pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t):
-        values = np.asarray(arr.cast(pa.float64()).fill_null(0).to_numpy(zero_copy_only=False))
-        values = np.where(values == 0, 0.0, values)  # -0.0
-        values = np.where(np.isnan(values), np.nan, values)
-        words = values.astype(np.float64).view(np.uint64).copy()
+        values = arr if pa.types.is_float64(t) else arr.cast(pa.float64())
+        values = values.fill_null(0).to_numpy(zero_copy_only=False) + 0.0  # -0.0 + 0.0 is 0.0
+        nan = np.isnan(values)
+        if nan.any():
+            values[nan] = np.nan  # one NaN, whatever its payload
+        words = values.view(np.uint64)
     else:  # strings and the rest: hash each distinct value once
         enc = pc.dictionary_encode(arr.cast(pa.string()) if not pa.types.is_string(t) else arr)
         table = np.array(
@@ -151,17 +153,14 @@ class ItemCache:
 
     # ------------------------------------------------------------------ read
 
-    def _files(
-        self, buckets: Iterable[int] | None = None, own: bool = False
-    ) -> dict[int, list[str]]:
+    def _files(self, own: bool = False) -> dict[int, list[str]]:
         """The cache's files by bucket (one listing); this run's own only if ``own``."""
         store = self.store
         try:
-            store.fs.invalidate_cache()  # other sweeps write here: a fresh listing
+            store.fs.invalidate_cache(store.root)  # other sweeps write here: a fresh listing
             found = store.fs.find(store.root)
         except FileNotFoundError:
             return {}
-        wanted = None if buckets is None else set(buckets)
         out: dict[int, list[str]] = {}
         for path in found:
             parts = path.rstrip("/").split("/")
@@ -170,27 +169,32 @@ class ItemCache:
                 continue
             if name.startswith(".") or (not own and name.startswith(self.run)):
                 continue  # being written (store.TMP_PREFIX); this run's: not what it looks for
-            b = int(parts[-2][2:])
-            if wanted is None or b in wanted:
-                out.setdefault(b, []).append(path)
+            out.setdefault(int(parts[-2][2:]), []).append(path)
         return out
 
     def _read(self, path: str) -> pa.Table | None:
         """A cache file's entries, or None: gone since the listing, or unreadable (a file
-        written without a flush and cut short by a machine crash, or storage failing).
-        Its entries are then missed: the cache only saves time.
+        written without a flush and cut short by a machine crash): its entries are then
+        missed. Storage briefly unreachable is retried, as for the output.
 
         Files are kept in this process's memory (:data:`_READ`) up to ``memory`` bytes: a
         worker's partitions look up keys spread over every bucket, so without it each
         would read the whole cache again.
         """
-        key = f"{self.store.fs.protocol}:{path}"
+        store = self.store
+        key = f"{store.fs.protocol}:{path}"
         table = _READ.get(key)
-        if table is None:
+        if table is not None:
+            return table
+
+        def load() -> pa.Table | None:
             try:
-                table = self._load(path)
-            except (FileNotFoundError, pa.ArrowInvalid, OSError):
+                return self._load(path)
+            except (FileNotFoundError, pa.ArrowInvalid):
                 return None
+
+        table = retrying(load, f"cache {self.url}", "reading it", store.retry)
+        if table is not None:
             _READ.put(key, table, self.memory)
         return table
 
@@ -213,15 +217,19 @@ class ItemCache:
         none = np.zeros(0, dtype=np.int64), None
         if not len(hi):
             return none
+        files = self._files()
+        if not files:
+            return none
         order = np.argsort(hi)  # wanted keys in key order, so in bucket order (top bits)
         shi, slo = hi[order], lo[order]
         edges = np.r_[np.searchsorted(shi, _BUCKET_STARTS), len(shi)]
-        files = self._files(np.flatnonzero(np.diff(edges)).tolist())
         source = np.full(len(hi), -1, dtype=np.int64)  # per row: its entry among `found`
         found: list[pa.Table] = []
         offset = 0
         for b, paths in files.items():
             left = np.arange(edges[b], edges[b + 1])  # positions among the sorted keys
+            if not len(left):
+                continue
             for path in paths:
                 if not len(left):
                     break
@@ -252,8 +260,11 @@ class ItemCache:
         if not len(hi):
             return 0
         store = self.store
-        if not store.exists(FUNCTION_FILE):
-            store.write_bytes(FUNCTION_FILE, json.dumps(self.identity, indent=1).encode())
+        described = f"{store.fs.protocol}:{store.root}"
+        if described not in _DESCRIBED:  # once per process
+            if not store.exists(FUNCTION_FILE):
+                store.write_bytes(FUNCTION_FILE, json.dumps(self.identity, indent=1).encode())
+            _DESCRIBED.add(described)
         table = pa.table({"key_hi": hi, "key_lo": lo}).append_column(
             "__bucket", pa.array(self.bucket(hi))
         )
@@ -338,6 +349,7 @@ class _ReadFiles:
 
 
 _READ = _ReadFiles()
+_DESCRIBED: set[str] = set()  # cache folders this process saw holding their FUNCTION_FILE
 
 
 def sweep_cache(spec: SweepSpec, function: Any, columns: list[str]) -> ItemCache | None:

@@ -274,3 +274,30 @@ def test_a_process_reads_each_cache_file_once_within_its_budget(tmp_path):
         for f in root.rglob("*.parquet"):  # a lookup that reads them again finds nothing
             f.write_bytes(b"")
         assert len(reader.lookup(hi, lo)[0]) == hits_after
+
+
+def test_an_items_key_is_its_values_by_name():
+    """Equal values give equal keys (3 and 3.0, -0.0 and 0.0, any NaN); another value,
+    another column name, or (for a seeded function) another seed gives another key."""
+    cache = ItemCache.for_sweep("/unused", {"function": "m:f"}, False, {}, memory=0)
+    seeded = dataclasses.replace(cache, seeded=True)
+
+    def key(table, cache=cache, items=(0,), seed=1):
+        hi, lo = cache.keys(table, np.asarray(items, dtype=np.int64), seed)
+        return int(hi[0]), int(lo[0])
+
+    nan_bits = np.array([0x7FF8000000000001], dtype=np.uint64).view(np.float64)
+    assert key(pa.table({"a": [3]})) == key(pa.table({"a": [3.0]}))
+    assert key(pa.table({"a": [-0.0]})) == key(pa.table({"a": [0.0]}))
+    assert key(pa.table({"a": [float("nan")]})) == key(pa.table({"a": nan_bits}))
+    assert key(pa.table({"a": [1.0], "b": ["x"]})) == key(pa.table({"b": ["x"], "a": [1.0]}))
+    assert key(pa.table({"a": [1.0]})) != key(pa.table({"a": [1.5]}))
+    assert key(pa.table({"a": [1.0]})) != key(pa.table({"b": [1.0]}))
+    assert key(pa.table({"a": ["x"]})) != key(pa.table({"a": ["y"]}))
+    assert key(pa.table({"a": [None]}, schema=pa.schema([("a", pa.float64())]))) != key(
+        pa.table({"a": [0.0]})
+    )
+    one = pa.table({"a": [1.0]})
+    assert key(one, items=(0,), seed=1) == key(one, items=(5,), seed=2)  # unseeded: no seed
+    assert key(one, seeded, (0,), 1) != key(one, seeded, (0,), 2)
+    assert key(one, seeded, (0,), 1) != key(one, seeded, (1,), 1)
