@@ -160,7 +160,7 @@ class PartitionReport:
     write_s: float
     bytes: int
     result_schema: bytes | None = None
-    loop_s: float = 0.0  # the items alone (no start-up, no table): what sizes partitions
+    loop_s: float = 0.0  # the items and their cache lookups: what sizes partitions
     isolated: bool = False
     deaths: int = 0  # child processes that died running its items
     inline: bool = False  # run by the runner itself (in its child process), not on the cluster
@@ -237,9 +237,13 @@ class PartitionTask:
         self.read()
         if self.desc.retry:
             self.select()
+        looked_s = 0.0
         if self.cache is not None:
+            t = time.perf_counter()
             self.look_up()
+            looked_s = time.perf_counter() - t  # per-item work too: a hit is not free
         res, loop_s = self.compute()
+        loop_s += looked_s
         table = self.tabulate(res)
         if self.cache is not None:
             self.remember(table)
