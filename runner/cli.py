@@ -2,6 +2,9 @@
 
 Exit codes: 0 success, 1 finished but the failure budget was exceeded, 2 bad input or
 config, 3 infrastructure error, 128+N interrupted by signal N (130 Ctrl-C, 143 SIGTERM).
+
+Commands import the engine (spec, execute, store, results) inside their bodies, so that
+``sweep --help`` and each command load only what they use (tests/test_imports.py).
 """
 
 from __future__ import annotations

@@ -508,6 +508,20 @@ def load_spec(path: str | os.PathLike[str], **overrides: Any) -> SweepSpec:
         The file is missing, is not YAML, or a field is invalid.
     """
     p = Path(path)
+    data = merge_overrides(read_spec_file(p), overrides)
+    data.setdefault("base_dir", str(p.resolve().parent))
+    return build_spec(data, where=str(p))
+
+
+def read_spec_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A spec file's fields as written (not validated): what every command reads.
+
+    Raises
+    ------
+    SpecError
+        The file is missing, not UTF-8 text, not YAML, empty or not a mapping.
+    """
+    p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
@@ -526,9 +540,7 @@ def load_spec(path: str | os.PathLike[str], **overrides: Any) -> SweepSpec:
         raise SpecError(f"{p}: the spec file is empty")
     if not isinstance(data, dict):
         raise SpecError(f"{p}: the spec must be a mapping of fields, got {type(data).__name__}")
-    data = merge_overrides(data, overrides)
-    data.setdefault("base_dir", str(p.resolve().parent))
-    return build_spec(data, where=str(p))
+    return data
 
 
 def merge_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ Thin faces: the objects come from :mod:`runner.kube.manifests`, the API calls fr
 :mod:`runner.kube.submit`. Exit codes follow the CLI contract: 2 for bad input,
 3 for Kubernetes API or cluster problems; ``submit --wait`` exits with the runner's
 own code (0 ok, 1 failure budget exceeded, 2 bad input, 3 infrastructure, 128+N signal).
+As in :mod:`runner.cli`, the commands import what they use inside their bodies.
 """
 
 from __future__ import annotations
@@ -116,24 +117,11 @@ def build_objects(
     SpecError
         The spec, a template or the function file is invalid.
     """
-    import yaml
-
-    from ..spec import build_spec, merge_overrides
+    from ..spec import build_spec, merge_overrides, read_spec_file
     from . import cluster_spec as cs
     from . import manifests as mf
 
-    try:
-        text = spec_path.read_text()
-    except OSError as e:
-        raise SpecError(
-            f"{spec_path}: cannot read the spec file ({e.strerror}); check the path"
-        ) from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise SpecError(f"{spec_path}: not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise SpecError(f"{spec_path}: the spec must be a mapping of fields")
+    data = read_spec_file(spec_path)
     data = merge_overrides(data, {"output": output, "cluster.kubernetes.queue": queue})
     base_dir = str(spec_path.resolve().parent)
     spec = build_spec({**data, "base_dir": base_dir}, where=str(spec_path))
