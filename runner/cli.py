@@ -183,10 +183,13 @@ class Progress:
         elif event == "drain":
             running = ", ".join(f"part-{i:05d}" for i in info["running"][:8])
             more = " …" if len(info["running"]) > 8 else ""
+            why, again = "stopping", " Send the signal again to stop now."
+            if info.get("why") == "failures":
+                why, again = "past the failure budget (max_failures), stopping", ""
             self._say(
-                f"{self.name}: stopping: waiting up to {info['grace']:g}s for"
+                f"{self.name}: {why}: waiting up to {info['grace']:g}s for"
                 f" {len(info['running'])} running partition(s) ({running or 'none'}{more});"
-                f" {info['cancelled']} not started are cancelled. Send the signal again to stop now."
+                f" {info['cancelled']} not started are cancelled.{again}"
             )
         elif event == "warning":
             self._say(f"{self.name}: warning: {info['message']}")

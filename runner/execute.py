@@ -545,6 +545,9 @@ class SweepRun:
         self.retry_where = retry_failed if isinstance(retry_failed, str) else None
         self.retrying: dict[int, int] = {}  # partitions retried: index -> its errors before
         self.retry_items = 0  # failed items chosen to run again
+        self.over_budget: FailureBudgetExceeded | None = None  # stopping: the running finish
+        self.fixable: dict[int, int] = {}  # retried partitions not yet back: their chosen items
+        self.judge_early = True  # False: a retry that cannot end within the failure budget
         self.items_run = 0  # items this run computed (a retried partition: its retried ones)
         self.emit = progress or _noop
         self._client = client
@@ -572,6 +575,7 @@ class SweepRun:
         self.failures = 0
         self.items_done = 0
         self.stop_at: float | None = None  # drain deadline after SIGTERM/SIGINT
+        self.cancelled: set[str] = set()  # keys a drain cancelled (a worker may run one still)
         self.cap_cancelled = 0  # partitions left undone at the spending cap
         self.extension: Extension | None = None  # the spec adds items to the output's sweep
         self._stop = threading.Event()
@@ -1015,6 +1019,9 @@ class SweepRun:
         targets = retry_targets(self.store, self.known.values(), self.listed, self.retry_where)
         self.retry_items = sum(targets.values())
         self.retrying = {i: self.known[i].errors for i in targets}
+        self.fixable = dict(targets)
+        # a filtered retry of a sweep already past its budget runs what it was asked for
+        self.judge_early = not self.budget.exceeded(self._certain_failures(), self.n_items)
         return [dataclasses.replace(self.layout.descriptor(i), retry=True) for i in sorted(targets)]
 
     def run_inline(self, descs: list[Descriptor]) -> None:
@@ -1088,10 +1095,15 @@ class SweepRun:
                     out.append(report)
                     remaining -= 1
                     self.provider.on_remaining(remaining)
-                    if not probe:
-                        self._check_budget(early=True)
-                if self._stop.is_set() or (
-                    not probe and remaining and self.cap.reached(self._spent_s())
+                    if not probe and self.over_budget is None:
+                        try:
+                            self._check_budget(early=True)
+                        except FailureBudgetExceeded as e:  # the running ones finish first
+                            self.over_budget = e
+                if (
+                    self._stop.is_set()
+                    or self.over_budget is not None
+                    or (not probe and remaining and self.cap.reached(self._spent_s()))
                 ):
                     self._drain()
         except BaseException:
@@ -1376,6 +1388,7 @@ class SweepRun:
         self.reports[r.index] = r
         self.failures += r.errors
         self.items_done += r.items
+        self.fixable.pop(r.index, None)
         self.items_run += r.retried if r.index in self.retrying else r.items
         if announce:
             self.emit(
@@ -1392,45 +1405,85 @@ class SweepRun:
                 },
             )
 
+    def _certain_failures(self) -> int:
+        """The failures no partition still to run can undo (a retry's are not yet known)."""
+        return self.failures - sum(self.fixable.values())
+
     def _check_budget(self, early: bool) -> None:
-        if self.retry:  # the failures being retried count until they are: judge at the end
+        """Stop once the sweep can no longer end within ``max_failures``.
+
+        Before anything runs, a retry is never refused (it is how a failed sweep is
+        mended); while it runs, the items it ran and the new partitions' count.
+        """
+        if self.retry and (not early or not self.judge_early):
             return
-        if self.budget.exceeded(self.failures, self.n_items):
+        failures = self._certain_failures()
+        if self.budget.exceeded(failures, self.n_items):
             more = f" ({self.allowed} allowed); stopped early" if early else " already"
             raise FailureBudgetExceeded(
-                f"{self.failures} failed items exceed max_failures={self.spec.max_failures}{more}"
+                f"{failures} failed items exceed max_failures={self.spec.max_failures}{more}"
             )
 
     def _drain(self) -> None:
-        """After a stop request: cancel what has not started; end when the rest is done or late."""
-        signalled = self._stop.is_set()  # else the spending cap was reached
+        """After a stop request, past the failure budget or at the spending cap: cancel what
+        has not started; end when the rest is done (or, but at the cap, ``grace-seconds`` on).
+
+        The running partitions' files are then in the report and the manifest, not written
+        by cancelled tasks after the run has ended.
+        """
+        signalled = self._stop.is_set()
+        failing = self.over_budget is not None and not signalled  # else the cap was reached
         grace = float(config.get("grace-seconds"))
         if self.stop_at is None:
             # at the cap, the running partitions finish: their work is paid for
-            self.stop_at = time.monotonic() + grace if signalled else math.inf
+            self.stop_at = time.monotonic() + grace if signalled or failing else math.inf
             running = self._running_keys()
-            waiting = [f for key, (f, _) in self.pending.items() if key not in running]
+            # (a finished one not yet collected is not waiting: its result is kept)
+            waiting = [
+                f for key, (f, _) in self.pending.items() if key not in running and not f.done()
+            ]
             for f in waiting:
                 self.pending.pop(f.key, None)
             if waiting:
                 self.client.cancel(waiting, force=True)
-            self.cap_cancelled = 0 if signalled else len(waiting)
+                self.cancelled = {str(f.key) for f in waiting}
+            self.cap_cancelled = 0 if signalled or failing else len(waiting)
             info = {
                 "running": sorted(d.index for _, d in self.pending.values()),
                 "cancelled": len(waiting),
             }
-            if signalled:
-                self.emit("drain", {**info, "grace": grace})
+            if signalled or failing:
+                why = "signal" if signalled else "failures"
+                self.emit("drain", {**info, "grace": grace, "why": why})
             else:
                 spent = self.cap.describe_spent(self._spent_s())
                 self.emit("budget", {**info, "spent": spent, "cap": self.cap.describe()})
         elif signalled and self.stop_at == math.inf:  # a signal while draining at the cap
             self.stop_at = time.monotonic() + grace
+        if not self.pending:
+            self._await_cancelled(min(self.stop_at, time.monotonic() + grace))
         if not self.pending or time.monotonic() >= self.stop_at:
             if signalled:
                 raise Interrupted()
+            if failing:
+                raise self.over_budget
             if self.cap_cancelled:
                 raise BudgetExhausted(self.cap.describe())
+
+    def _await_cancelled(self, deadline: float) -> None:
+        """Wait for cancelled tasks that a worker had just started (until ``deadline``).
+
+        A worker cannot stop a task it runs: one cancelled as it started still writes its
+        partition, and the run's counts should include that file.
+        """
+        while self.cancelled and time.monotonic() < deadline:
+            try:
+                running = {k for keys in self.client.run(_executing_keys).values() for k in keys}
+            except Exception:
+                return
+            self.cancelled &= running
+            if self.cancelled:
+                time.sleep(0.1)
 
     def _running_keys(self) -> set[str]:
         """Keys of this run's tasks that workers are executing now."""

@@ -197,6 +197,14 @@ def needs_fix(a, b, marker, delay, seed):
     return a + b + (seed % 1000) / 1000
 
 
+def broken_after(a, delay):
+    """Fails every time, after ``delay`` s (a retry that cannot succeed)."""
+    import time
+
+    time.sleep(delay)
+    raise RuntimeError(f"a={a}: still broken")
+
+
 def hangs_until_fixed(a, b, marker):
     """``b >= 0.5`` hangs until the file ``marker`` exists (a timeout's case for a retry)."""
     import time

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 import runner
+from runner.exceptions import FailureBudgetExceeded
 from runner.execute import run_sweep
 from runner.results import SweepOutput
 from runner.spec import build_spec
@@ -160,6 +161,37 @@ def test_a_killed_retry_resumes(cli_env, tmp_path):
     )
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
     assert (out / "_SUCCESS").exists()
+
+
+def test_a_retry_that_cannot_succeed_stops_early(client, tmp_path):
+    """Retried items that fail again stop the retry once ``max_failures`` can no longer
+    hold, not after every partition ran; a filtered retry of a sweep already past its
+    budget is not refused, it runs what was asked for."""
+    out = str(tmp_path / "out")
+    fields = {
+        "name": "broken",
+        "function": "tests.funcs:broken_after",
+        "params": {"grid": {"a": list(range(40)), "delay": [0.05]}},
+        "partition_size": 4,
+        "max_failures": 40,
+        "output": out,
+    }
+    assert run_sweep(build_spec(fields), client=client).errors == 40
+    strict = build_spec({**fields, "max_failures": 3})
+    with pytest.raises(FailureBudgetExceeded) as ei:
+        run_sweep(strict, client=client, retry_failed=True)
+    report = ei.value.report
+    assert report.status == "failed" and 0 < report.partitions_run < 10, report
+    after = _table(out)
+    assert len(after) == 40 and after["status"].eq("error").all()  # nothing lost
+    # the partitions running at the stop finished and are in the report, none came later
+    assert set(after["attempts"]) == {1, 2} and (after["attempts"] == 2).sum() == report.items_run
+
+    with pytest.raises(FailureBudgetExceeded) as ei:
+        run_sweep(strict, client=client, retry_failed="a >= 36")
+    assert ei.value.report.items_retried == 4 and ei.value.report.partitions_run == 1
+    last = _table(out)
+    assert (last["attempts"] - after["attempts"]).to_dict() == {i: int(i >= 36) for i in range(40)}
 
 
 def test_timed_out_items_are_retried_in_their_child_processes(client, tmp_path):
