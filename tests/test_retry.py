@@ -194,6 +194,27 @@ def test_a_retry_that_cannot_succeed_stops_early(client, tmp_path):
     assert (last["attempts"] - after["attempts"]).to_dict() == {i: int(i >= 36) for i in range(40)}
 
 
+def test_cli_says_the_retry_stopped_past_the_budget(cli_env, dask_cluster, tmp_path):
+    fields = {
+        "name": "broken",
+        "function": "tests.funcs:broken_after",
+        "params": {"grid": {"a": list(range(40)), "delay": [0.05]}},
+        "partition_size": 4,
+        "max_failures": 40,
+        "output": str(tmp_path / "out"),
+    }
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(fields))
+    scheduler = ("--scheduler", dask_cluster.scheduler_address)
+    assert sweep("run", spec, *scheduler, "-q", env=cli_env).returncode == 0
+    spec.write_text(yaml.safe_dump({**fields, "max_failures": 3}))
+    r = sweep("run", spec, *scheduler, "--retry-failed", env=cli_env)
+    assert r.returncode == 1, r.stderr
+    assert "past the failure budget (max_failures), stopping: waiting up to" in r.stderr
+    assert "Send the signal again" not in r.stderr and "Traceback" not in r.stderr
+    assert 0 < (_table(fields["output"])["attempts"] == 2).sum() < 40
+
+
 def test_timed_out_items_are_retried_in_their_child_processes(client, tmp_path):
     """Items that timed out run again isolated (``timeout``), and succeed once fixed."""
     marker, out = tmp_path / "fixed", str(tmp_path / "out")
