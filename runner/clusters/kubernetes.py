@@ -548,15 +548,40 @@ class KubernetesProvider(ClusterProvider):
             return
         if st.mode == "operator":
             try:
-                await asyncio.wait_for(kc.scale(0), 30)
+                await asyncio.wait_for(kc.scale(0), 30)  # also deletes the DaskAutoscaler
             except Exception as e:
                 log.debug("scaling %s to zero: %s", st.cluster_name, e)
+            await self._await_autoscaler_gone(timeout=30)
         try:
             # pods: SpecCluster retires the workers, then deletes their pods and the scheduler's
             await asyncio.wait_for(kc.close(timeout=120), 150)
         finally:
             await self._adelete()
         self._say(f"deleted {self._what()} {st.cluster_name}")
+
+    async def _await_autoscaler_gone(self, timeout: float) -> None:
+        """Wait until the DaskAutoscaler is gone, before the scheduler goes.
+
+        The operator's autoscaler timer holds a kopf finalizer, removed only once the
+        timer's current call returns; that call asks the scheduler for its adaptive target.
+        Deleting the cluster first can leave it waiting on a scheduler that is shutting
+        down, and the autoscaler outlives its sweep.
+        """
+        import kr8s
+
+        st = self._state
+        kind = _dask_class("DaskAutoscaler")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                await kind.get(st.cluster_name, namespace=st.namespace)
+            except kr8s.NotFoundError:
+                return
+            except Exception as e:  # cleanup goes on; the cluster's deletion cascades to it
+                log.debug("looking up DaskAutoscaler %s: %s", st.cluster_name, e)
+                return
+            await asyncio.sleep(0.5)
+        log.debug("DaskAutoscaler %s still there after %ss", st.cluster_name, timeout)
 
     async def _adelete(self) -> None:
         """Delete the DaskCluster, or in pod mode every pod and Service of it (idempotent)."""
@@ -629,6 +654,11 @@ async def _log_tail(pod: Any, lines: int = 20) -> str:
 
 def _dask_cluster_class() -> Any:
     """kr8s's class of the operator's ``DaskCluster`` resource (its public API)."""
+    return _dask_class("DaskCluster")
+
+
+def _dask_class(kind: str) -> Any:
+    """kr8s's class of one of the operator's resources (``DaskCluster``, ``DaskAutoscaler``)."""
     from kr8s.asyncio.objects import new_class  # lazy: kr8s is the kubernetes extra
 
-    return new_class("DaskCluster", version=cs.API_VERSION, namespaced=True)
+    return new_class(kind, version=cs.API_VERSION, namespaced=True)

@@ -347,8 +347,26 @@ def assert_clean(
         timeout=timeout,
         message=lambda: (
             f"left in {namespace}: {leftovers(kube_cluster, namespace, kinds, keep_job_pods, prefix)}"
+            + _pending_deletions(kube_cluster, namespace, kinds)
         ),
     )
+
+
+def _pending_deletions(kube_cluster: Any, namespace: str, kinds: tuple[str, ...]) -> str:
+    """Which leftovers are being deleted and what holds them (finalizers): tells a slow
+    operator from an object nobody deleted."""
+    held = []
+    for kind in kinds:
+        if kind.startswith("dask") and not has_dask_crds(kube_cluster):
+            continue
+        for o in kube_cluster.list(kind, namespace):
+            meta = o["metadata"]
+            if meta.get("deletionTimestamp"):
+                held.append(
+                    f"{kind}/{meta['name']} deleting since {meta['deletionTimestamp']},"
+                    f" finalizers {meta.get('finalizers') or []}"
+                )
+    return ("; " + "; ".join(held)) if held else "; none of them is being deleted"
 
 
 def live_worker_pods(kube_cluster: Any, namespace: str) -> list[dict[str, Any]]:
