@@ -376,7 +376,7 @@ class KubernetesProvider(ClusterProvider):
         want = self.kube.operator
         if want is not False:
             try:
-                async for _ in _dask_cluster_class().list(namespace=namespace):
+                async for _ in _dask_class("DaskCluster").list(namespace=namespace):
                     break
                 return "operator"
             except Exception as e:
@@ -549,9 +549,9 @@ class KubernetesProvider(ClusterProvider):
         if st.mode == "operator":
             try:
                 await asyncio.wait_for(kc.scale(0), 30)  # also deletes the DaskAutoscaler
+                await self._await_autoscaler_gone(timeout=30)
             except Exception as e:
                 log.debug("scaling %s to zero: %s", st.cluster_name, e)
-            await self._await_autoscaler_gone(timeout=30)
         try:
             # pods: SpecCluster retires the workers, then deletes their pods and the scheduler's
             await asyncio.wait_for(kc.close(timeout=120), 150)
@@ -596,7 +596,7 @@ class KubernetesProvider(ClusterProvider):
             await delete_cluster_objects(st.cluster_name, st.namespace or "default")
             return
         try:
-            cluster = await _dask_cluster_class()(
+            cluster = await _dask_class("DaskCluster")(
                 {
                     "apiVersion": cs.API_VERSION,
                     "kind": "DaskCluster",
@@ -650,11 +650,6 @@ async def _log_tail(pod: Any, lines: int = 20) -> str:
         if out:
             return one_line(out)
     return ""
-
-
-def _dask_cluster_class() -> Any:
-    """kr8s's class of the operator's ``DaskCluster`` resource (its public API)."""
-    return _dask_class("DaskCluster")
 
 
 def _dask_class(kind: str) -> Any:

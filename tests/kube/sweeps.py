@@ -307,8 +307,13 @@ def leftovers(
     kinds: tuple[str, ...] = LEFTOVER_KINDS,
     keep_job_pods: bool = False,
     prefix: str = "",
+    describe: bool = False,
 ) -> dict[str, list[str]]:
-    """Names of the objects of ``kinds`` still in ``namespace`` (starting with ``prefix``)."""
+    """Names of the objects of ``kinds`` still in ``namespace`` (starting with ``prefix``).
+
+    ``describe``: each name says whether it is being deleted and what holds it (finalizers),
+    which tells a slow operator from an object nobody deleted.
+    """
     left: dict[str, list[str]] = {}
     for kind in kinds:
         if kind.startswith("dask") and not has_dask_crds(kube_cluster):
@@ -317,7 +322,7 @@ def leftovers(
         if kind == "pods" and keep_job_pods:
             objs = [o for o in objs if not _is_job_pod(o)]
         names = [
-            o["metadata"]["name"]
+            _described(o) if describe else o["metadata"]["name"]
             for o in objs
             if o["metadata"]["name"].startswith(prefix)
             and not (kind == "serviceaccounts" and o["metadata"]["name"] == "default")
@@ -326,6 +331,16 @@ def leftovers(
         if names:
             left[kind] = names
     return left
+
+
+def _described(obj: dict[str, Any]) -> str:
+    meta = obj["metadata"]
+    if not meta.get("deletionTimestamp"):
+        return f"{meta['name']} (not being deleted)"
+    return (
+        f"{meta['name']} (deleting since {meta['deletionTimestamp']},"
+        f" finalizers {meta.get('finalizers') or []})"
+    )
 
 
 def _is_job_pod(pod: dict[str, Any]) -> bool:
@@ -346,27 +361,10 @@ def assert_clean(
         lambda: not leftovers(kube_cluster, namespace, kinds, keep_job_pods, prefix),
         timeout=timeout,
         message=lambda: (
-            f"left in {namespace}: {leftovers(kube_cluster, namespace, kinds, keep_job_pods, prefix)}"
-            + _pending_deletions(kube_cluster, namespace, kinds)
+            f"left in {namespace}:"
+            f" {leftovers(kube_cluster, namespace, kinds, keep_job_pods, prefix, describe=True)}"
         ),
     )
-
-
-def _pending_deletions(kube_cluster: Any, namespace: str, kinds: tuple[str, ...]) -> str:
-    """Which leftovers are being deleted and what holds them (finalizers): tells a slow
-    operator from an object nobody deleted."""
-    held = []
-    for kind in kinds:
-        if kind.startswith("dask") and not has_dask_crds(kube_cluster):
-            continue
-        for o in kube_cluster.list(kind, namespace):
-            meta = o["metadata"]
-            if meta.get("deletionTimestamp"):
-                held.append(
-                    f"{kind}/{meta['name']} deleting since {meta['deletionTimestamp']},"
-                    f" finalizers {meta.get('finalizers') or []}"
-                )
-    return ("; " + "; ".join(held)) if held else "; none of them is being deleted"
 
 
 def live_worker_pods(kube_cluster: Any, namespace: str) -> list[dict[str, Any]]:
